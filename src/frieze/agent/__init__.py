@@ -1,0 +1,1 @@
+"""frieze.agent: the per-host daemon (mTLS HTTPS, task API). See docs/design/agent-protocol.md."""

@@ -1,0 +1,1 @@
+"""frieze.api: the REST API (FastAPI, /v1)."""

@@ -1,0 +1,1 @@
+"""One router per resource group; handlers are thin calls into frieze.coordinator."""

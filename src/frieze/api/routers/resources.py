@@ -1,0 +1,133 @@
+"""Provisioning: hosts, volumes, apps, repositories, protection sets, policies, restore points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import StreamingResponse
+
+from frieze.api import schemas as S
+from frieze.api.deps import Admin, Coord, Operator, ReadOnly
+
+RelPath = Query(default="", max_length=4096, pattern=r"^[^\x00]*$", description="path relative to the volume")
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/hosts", status_code=status.HTTP_201_CREATED, response_model=S.HostCreated, dependencies=[Admin],
+             tags=["hosts"], summary="Register a host; returns its one-time enrollment token")
+def create_host(body: S.HostCreate, coord: Coord) -> dict[str, Any]:
+    host, token = coord.create_host(body.name, body.address)
+    return {"host": host, "enrollment_token": token}
+
+
+@router.get("/hosts", response_model=list[S.Host], dependencies=[ReadOnly], tags=["hosts"])
+def list_hosts(coord: Coord) -> list[dict[str, Any]]:
+    return coord.resources.list_hosts()
+
+
+@router.get("/hosts/{host}", response_model=S.Host, dependencies=[ReadOnly], tags=["hosts"])
+def get_host(host: str, coord: Coord) -> dict[str, Any]:
+    return coord.resources.get_host(host)
+
+
+@router.put("/hosts/{host}/maintenance", response_model=S.Host, dependencies=[Operator], tags=["hosts"])
+def set_maintenance(host: str, body: S.MaintenanceSet, coord: Coord) -> dict[str, Any]:
+    return coord.resources.set_maintenance(host, body.maintenance)
+
+
+@router.post("/volumes", status_code=201, response_model=S.Volume, dependencies=[Admin], tags=["volumes"])
+def create_volume(body: S.VolumeCreate, coord: Coord) -> dict[str, Any]:
+    return coord.resources.create_volume(body.host, body.name, body.path, body.provider)
+
+
+@router.get("/volumes", response_model=list[S.Volume], dependencies=[ReadOnly], tags=["volumes"])
+def list_volumes(coord: Coord) -> list[dict[str, Any]]:
+    return coord.resources.list_volumes()
+
+
+@router.post("/apps", status_code=201, response_model=S.App, dependencies=[Admin], tags=["apps"])
+def create_app(body: S.AppCreate, coord: Coord) -> dict[str, Any]:
+    return coord.create_app(body.host, body.name, body.kind, body.data_dir, body.volume, dict(body.options),
+                            {k: v.get_secret_value() for k, v in body.secrets.items()})
+
+
+@router.get("/apps", response_model=list[S.App], dependencies=[ReadOnly], tags=["apps"])
+def list_apps(coord: Coord) -> list[dict[str, Any]]:
+    return coord.resources.list_apps()
+
+
+@router.post("/repositories", status_code=201, response_model=S.Repository, dependencies=[Admin],
+             tags=["repositories"], summary="Register (and optionally create) a repository the coordinator writes")
+def create_repository(body: S.RepositoryCreate, coord: Coord) -> dict[str, Any]:
+    s3 = {}
+    if body.s3_access_key_id is not None:
+        s3["access_key_id"] = body.s3_access_key_id.get_secret_value()
+    if body.s3_secret_access_key is not None:
+        s3["secret_access_key"] = body.s3_secret_access_key.get_secret_value()
+    return coord.create_repository(body.name, body.url, body.password.get_secret_value(), body.init, s3)
+
+
+@router.get("/repositories", response_model=list[S.Repository], dependencies=[ReadOnly], tags=["repositories"])
+def list_repositories(coord: Coord) -> list[dict[str, Any]]:
+    return coord.resources.list_repositories()
+
+
+@router.post("/protection-sets", status_code=201, response_model=S.ProtectionSet, dependencies=[Admin],
+             tags=["protection sets"])
+def create_protection_set(body: S.ProtectionSetCreate, coord: Coord) -> dict[str, Any]:
+    return coord.resources.create_protection_set(body.name, body.apps, body.volumes)
+
+
+@router.get("/protection-sets", response_model=list[S.ProtectionSet], dependencies=[ReadOnly],
+            tags=["protection sets"])
+def list_protection_sets(coord: Coord) -> list[dict[str, Any]]:
+    return coord.resources.list_protection_sets()
+
+
+@router.post("/policies", status_code=201, response_model=S.Policy, dependencies=[Admin], tags=["policies"])
+def create_policy(body: S.PolicyCreate, coord: Coord) -> dict[str, Any]:
+    return coord.create_policy(body.name, body.protection_set, body.repository, body.cron, body.timezone,
+                               body.consistency, body.on_quiesce_failure, body.lease_s, dict(body.retention),
+                               body.keep_host_snapshots)
+
+
+@router.get("/policies", response_model=list[S.Policy], dependencies=[ReadOnly], tags=["policies"])
+def list_policies(coord: Coord) -> list[dict[str, Any]]:
+    return coord.resources.list_policies()
+
+
+@router.get("/policies/{policy}", response_model=S.Policy, dependencies=[ReadOnly], tags=["policies"])
+def get_policy(policy: str, coord: Coord) -> dict[str, Any]:
+    return coord.resources.get_policy(policy)
+
+
+@router.get("/restore-points", response_model=list[S.RestorePoint], dependencies=[ReadOnly],
+            tags=["restore points"])
+def list_restore_points(coord: Coord, protection_set: str | None = None) -> list[dict[str, Any]]:
+    return coord.resources.list_restore_points(protection_set)
+
+
+@router.get("/restore-points/{rp}", response_model=S.RestorePoint, dependencies=[ReadOnly],
+            tags=["restore points"])
+def get_restore_point(rp: str, coord: Coord) -> dict[str, Any]:
+    return coord.resources.get_restore_point(rp)
+
+
+@router.get("/restore-points/{rp}/files", response_model=list[S.FileInfo], dependencies=[ReadOnly],
+            tags=["restore points"], summary="Browse a restore point (access through the coordinator)")
+def list_files(rp: str, coord: Coord, path: str = RelPath,
+               volume: str | None = Query(default=None, max_length=200), recursive: bool = False
+               ) -> list[dict[str, Any]]:
+    return coord.list_files(rp, volume, path, recursive)
+
+
+@router.get("/restore-points/{rp}/content", dependencies=[Operator], tags=["restore points"],
+            summary="Read one file of a restore point (authenticated by the repository before it is sent)",
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}})
+def read_content(rp: str, coord: Coord, path: str = RelPath,
+                 volume: str | None = Query(default=None, max_length=200)) -> StreamingResponse:
+    size, chunks = coord.read_file(rp, volume, path)
+    return StreamingResponse(chunks, media_type="application/octet-stream",
+                             headers={"Content-Length": str(size)})

@@ -1,0 +1,152 @@
+"""Runners for the tools compared side by side: frieze (through its own CLI, as a user runs it), restic, borg.
+
+Each runner backs up and restores the same absolute source path; passwords go through files or
+environment-provided commands, never argv.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Timing:
+    seconds: float
+    cpu_seconds: float
+    max_rss_mb: float
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache (needs root); False if not permitted."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Timing:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(dt, cpu, after.ru_maxrss / 1024)
+
+
+class Tool:
+    name = "tool"
+
+    def __init__(self, repo: Path, password_file: Path) -> None:
+        self.repo = repo
+        self.password_file = password_file
+
+    def env(self) -> dict[str, str]:
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("RESTIC_", "BORG_", "FRIEZE_"))}
+        return e
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup(self, src: Path, name: str) -> Timing:
+        raise NotImplementedError
+
+    def restore(self, name: str, target: Path) -> Timing:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+
+class Frieze(Tool):
+    name = "frieze"
+
+    def __init__(self, repo: Path, password_file: Path, fixed_blocks: list[str]) -> None:
+        super().__init__(repo, password_file)
+        self.fixed_blocks = fixed_blocks
+        self.snap: dict[str, str] = {}
+
+    def _cli(self, *args: str) -> list[str]:
+        exe = Path(sys.executable).with_name("frieze")
+        return [str(exe), "repo", *args]
+
+    def env(self) -> dict[str, str]:
+        e = super().env()
+        e["FRIEZE_REPO"] = str(self.repo)
+        e["FRIEZE_PASSWORD_FILE"] = str(self.password_file)
+        return e
+
+    def init(self) -> None:
+        _run(self._cli("init"), self.env())
+
+    def backup(self, src: Path, name: str) -> Timing:
+        fb: list[str] = []
+        for g in self.fixed_blocks:
+            fb += ["--fixed-blocks", g]
+        t = _run(self._cli("backup", str(src), "--tag", name, "--quiet", *fb), self.env())
+        return t
+
+    def restore(self, name: str, target: Path) -> Timing:
+        return _run(self._cli("restore", f"tag:{name}", "--target", str(target), "--quiet"), self.env())
+
+    def version(self) -> str:
+        from frieze import __version__
+
+        return __version__
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def env(self) -> dict[str, str]:
+        e = super().env()
+        e["RESTIC_REPOSITORY"] = str(self.repo)
+        e["RESTIC_PASSWORD_FILE"] = str(self.password_file)
+        e["RESTIC_CACHE_DIR"] = str(self.repo.parent / "restic-cache")
+        return e
+
+    def init(self) -> None:
+        _run(["restic", "init"], self.env())
+
+    def backup(self, src: Path, name: str) -> Timing:
+        return _run(["restic", "backup", "--quiet", "--tag", name, str(src)], self.env())
+
+    def restore(self, name: str, target: Path) -> Timing:
+        return _run(["restic", "restore", "latest", "--tag", name, "--target", str(target)], self.env())
+
+    def version(self) -> str:
+        return subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.split()[1]
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def env(self) -> dict[str, str]:
+        e = super().env()
+        e["BORG_PASSCOMMAND"] = f"cat {self.password_file}"
+        e["BORG_BASE_DIR"] = str(self.repo.parent / "borg-base")
+        e["BORG_RELOCATED_REPO_ACCESS_IS_OK"] = "yes"
+        return e
+
+    def init(self) -> None:
+        _run(["borg", "init", "-e", "repokey-blake2", str(self.repo)], self.env())
+
+    def backup(self, src: Path, name: str) -> Timing:
+        return _run(["borg", "create", "--compression", "zstd,1", f"{self.repo}::{name}", str(src)], self.env())
+
+    def restore(self, name: str, target: Path) -> Timing:
+        target.mkdir(parents=True, exist_ok=True)
+        return _run(["borg", "extract", f"{self.repo}::{name}"], self.env(), cwd=target)
+
+    def version(self) -> str:
+        return subprocess.run(["borg", "--version"], capture_output=True, text=True).stdout.split()[-1]

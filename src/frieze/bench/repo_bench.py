@@ -1,0 +1,250 @@
+"""`frieze bench repo`: frieze, restic and borg on the same corpus, same disk, cold cache, in one run.
+
+Phases, each run for every tool in turn:
+1. first backup of the whole corpus (text, binaries, random data, a pgbench PostgreSQL data directory);
+2. incremental backup after about 1 % of the database's pages changed (an UPDATE of a contiguous 1 % of
+   pgbench_accounts, then CHECKPOINT; the pages that really changed are counted and printed);
+3. restore of the first backup into an empty directory.
+Prints MB/s, seconds, CPU seconds, peak RSS and stored bytes per tool, and the ratios against the targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import blake3
+
+from frieze.bench import corpus
+from frieze.bench.peers import Borg, Frieze, Restic, Timing, Tool, drop_caches
+from frieze.bench.pg import PgServer
+
+PAGE = 8192
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    version: str
+    first: Timing | None = None
+    first_stored: int = 0
+    incr: Timing | None = None
+    incr_stored_delta: int = 0
+    restore: Timing | None = None
+    restore_ok: bool = False
+    error: str = ""
+
+
+@dataclass
+class BenchReport:
+    corpus_bytes: int
+    corpus_parts: dict[str, int]
+    db_bytes: int
+    db_pages_changed: int
+    db_pages_total: int
+    cold_cache: bool
+    tools: list[ToolResult] = field(default_factory=list)
+
+
+def page_digests(root: Path) -> dict[tuple[str, int], bytes]:
+    out: dict[tuple[str, int], bytes] = {}
+    for dirpath, _d, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            rel = str(p.relative_to(root))
+            with p.open("rb") as fh:
+                i = 0
+                while chunk := fh.read(PAGE):
+                    out[(rel, i)] = blake3.blake3(chunk).digest(16)
+                    i += 1
+    return out
+
+
+def _compare_trees(a: Path, b: Path) -> bool:
+    """Byte-for-byte equality of two trees (regular files only; names and contents)."""
+    for dirpath, _dirs, files in os.walk(a):
+        for f in files:
+            pa = Path(dirpath) / f
+            pb = b / pa.relative_to(a)
+            if pa.is_symlink():
+                continue
+            if not pb.is_file() or pa.stat().st_size != pb.stat().st_size:
+                return False
+            with pa.open("rb") as x, pb.open("rb") as y:
+                while True:
+                    ca, cb = x.read(1 << 20), y.read(1 << 20)
+                    if ca != cb:
+                        return False
+                    if not ca:
+                        break
+    return True
+
+
+def build_corpus(work: Path, spec: corpus.CorpusSpec, say: Callable[[str], None]) -> tuple[Path, dict[str, int]]:
+    src = work / "corpus"
+    stamp = work / "corpus.json"
+    want = json.dumps(asdict(spec), sort_keys=True)
+    if stamp.exists() and stamp.read_text() == want and (src / "pgdata" / "PG_VERSION").exists():
+        say(f"reusing corpus in {src}")
+        parts = {p.name: corpus.dir_size(p) for p in src.iterdir()}
+        return src, parts
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    t0 = time.perf_counter()
+    parts = {
+        "text": corpus.make_text(src / "text", spec.text_mb, spec.seed),
+        "binaries": corpus.make_binaries(src / "binaries", spec.binary_mb),
+        "random": corpus.make_random(src / "random", spec.random_mb, spec.seed),
+    }
+    say(f"text, binaries, random written in {time.perf_counter() - t0:.1f} s; pgbench -i -s {spec.pgbench_scale}")
+    corpus.make_pgdata(src / "pgdata", spec.pgbench_scale, work)
+    parts["pgdata"] = corpus.dir_size(src / "pgdata")
+    stamp.write_text(want)
+    return src, parts
+
+
+def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[str], None]) -> BenchReport:
+    work.mkdir(parents=True, exist_ok=True)
+    src, parts = build_corpus(work, spec, say)
+    total = sum(parts.values())
+    pw = work / "password"
+    pw.write_text("bench-password-not-secret\n")
+    os.chmod(pw, 0o600)
+    repos = work / "repos"
+    if repos.exists():
+        shutil.rmtree(repos)
+    repos.mkdir()
+    runners: list[Tool] = []
+    for name in tools:
+        (repos / name).mkdir()
+        if name == "frieze":
+            runners.append(Frieze(repos / name / "repo", pw, ["pgdata/base/**=8192", "pgdata/global/**=8192"]))
+        elif name == "restic":
+            runners.append(Restic(repos / name / "repo", pw))
+        elif name == "borg":
+            runners.append(Borg(repos / name / "repo", pw))
+        else:
+            raise ValueError(f"unknown tool {name!r} (frieze, restic, borg)")
+    cold = drop_caches()
+    report = BenchReport(total, parts, parts["pgdata"], 0, 0, cold)
+    results = {r.name: ToolResult(r.name, r.version()) for r in runners}
+    report.tools = list(results.values())
+
+    for r in runners:
+        res = results[r.name]
+        try:
+            r.init()
+            drop_caches()
+            res.first = r.backup(src, "first")
+            res.first_stored = corpus.du_bytes(r.repo)
+            say(f"{r.name:7s} first backup   {total / res.first.seconds / 1e6:8.1f} MB/s  ({res.first.seconds:.1f} s)")
+        except Exception as e:  # a peer's failure is reported, not fatal to the others
+            res.error = str(e)
+            say(f"{r.name}: {e}")
+
+    pg = PgServer(src / "pgdata", work / "pgsock")
+    before = page_digests(src / "pgdata")
+    corpus.change_db_pages(pg, 0.01)
+    after = page_digests(src / "pgdata")
+    report.db_pages_total = len(after)
+    report.db_pages_changed = sum(1 for k, v in after.items() if before.get(k) != v)
+    say(f"database: {report.db_pages_changed} of {report.db_pages_total} pages changed "
+        f"({100 * report.db_pages_changed / max(1, report.db_pages_total):.2f} %)")
+
+    for r in runners:
+        res = results[r.name]
+        if res.error:
+            continue
+        try:
+            drop_caches()
+            res.incr = r.backup(src, "incr")
+            res.incr_stored_delta = corpus.du_bytes(r.repo) - res.first_stored
+            say(f"{r.name:7s} incremental    {res.incr.seconds:8.2f} s, +{res.incr_stored_delta / 1e6:.1f} MB stored")
+        except Exception as e:
+            res.error = str(e)
+            say(f"{r.name}: {e}")
+
+    for r in runners:
+        res = results[r.name]
+        if res.error:
+            continue
+        target = work / "restore" / r.name
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        try:
+            drop_caches()
+            res.restore = r.restore("incr", target)
+            restored_root = target / str(src).lstrip("/")
+            if not restored_root.exists():
+                restored_root = target
+            res.restore_ok = _compare_trees(src, restored_root)
+            say(f"{r.name:7s} restore        {total / res.restore.seconds / 1e6:8.1f} MB/s  "
+                f"({res.restore.seconds:.1f} s) identical={res.restore_ok}")
+        except Exception as e:
+            res.error = str(e)
+            say(f"{r.name}: {e}")
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+    return report
+
+
+def ratios(rep: BenchReport) -> dict[str, float | None]:
+    by = {t.tool: t for t in rep.tools}
+
+    def rate(t: ToolResult | None, attr: str) -> float | None:
+        tm = getattr(t, attr) if t else None
+        return rep.corpus_bytes / tm.seconds / 1e6 if tm else None
+
+    f, rs, bg = by.get("frieze"), by.get("restic"), by.get("borg")
+    out: dict[str, float | None] = {}
+    fr, rr, br = rate(f, "first"), rate(rs, "first"), rate(bg, "first")
+    out["first_MBps_frieze"] = fr
+    out["first_vs_restic"] = fr / rr if fr and rr else None
+    out["first_vs_borg"] = fr / br if fr and br else None
+    fres, rres = rate(f, "restore"), rate(rs, "restore")
+    out["restore_vs_restic"] = fres / rres if fres and rres else None
+    if f and rs and f.incr and rs.incr:
+        out["incr_time_vs_restic"] = f.incr.seconds / rs.incr.seconds
+    return out
+
+
+TARGETS = {
+    "first_MBps_frieze": (">=", 300.0),
+    "first_vs_restic": (">=", 2.0),
+    "first_vs_borg": (">=", 1.5),
+    "restore_vs_restic": (">=", 1.0),
+    "incr_time_vs_restic": ("<=", 0.2),
+}
+
+
+def render(rep: BenchReport) -> str:
+    parts = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in rep.corpus_parts.items())
+    lines = [f"corpus: {rep.corpus_bytes / 1e6:.0f} MB ({parts}); cold cache: {rep.cold_cache}",
+             f"database pages changed before the incremental: {rep.db_pages_changed}/{rep.db_pages_total} "
+             f"({rep.db_pages_changed * PAGE / 1e6:.1f} MB)",
+             "",
+             f"{'tool':8s} {'version':10s} {'first MB/s':>10s} {'cpu-s':>7s} {'rss MB':>7s} {'stored MB':>10s} "
+             f"{'incr s':>8s} {'incr +MB':>9s} {'restore MB/s':>12s} {'ok':>4s}"]
+    for t in rep.tools:
+        fm = f"{rep.corpus_bytes / t.first.seconds / 1e6:10.1f}" if t.first else f"{'-':>10s}"
+        cpu = f"{t.first.cpu_seconds:7.1f}" if t.first else f"{'-':>7s}"
+        rss = f"{t.first.max_rss_mb:7.0f}" if t.first else f"{'-':>7s}"
+        inc = f"{t.incr.seconds:8.2f}" if t.incr else f"{'-':>8s}"
+        rm = f"{rep.corpus_bytes / t.restore.seconds / 1e6:12.1f}" if t.restore else f"{'-':>12s}"
+        lines.append(f"{t.tool:8s} {t.version:10s} {fm} {cpu} {rss} {t.first_stored / 1e6:10.1f} {inc} "
+                     f"{t.incr_stored_delta / 1e6:9.1f} {rm} {'yes' if t.restore_ok else 'NO':>4s}"
+                     + (f"  error: {t.error[:200]}" if t.error else ""))
+    lines.append("")
+    for k, v in ratios(rep).items():
+        op, target = TARGETS[k]
+        met = v is not None and (v >= target if op == ">=" else v <= target)
+        lines.append(f"{k:22s} {f'{v:.2f}' if v is not None else '-':>8s}   target {op} {target:g}   "
+                     f"{'met' if met else 'NOT met'}")
+    return "\n".join(lines)

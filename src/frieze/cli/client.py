@@ -1,0 +1,150 @@
+"""The CLI's HTTP client for the coordinator API, and the shared output helpers of the resource commands.
+
+- Server: ``--server`` or ``FRIEZE_SERVER`` (default ``http://127.0.0.1:8700``); for an HTTPS coordinator with
+  a private CA, ``FRIEZE_CA_FILE``.
+- Token: read from a file (``--token-file``, ``FRIEZE_TOKEN_FILE``, default ``.frieze/admin.token``), never
+  from the command line, so it cannot show in ``/proc/*/cmdline``.
+- An error answer becomes the FriezeError class named by its ``code`` (exit code from the error tree);
+  a connection failure is a StorageError-class "coordinator unreachable" (retryable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from frieze.core.errors import FriezeError, TransientStorageError, UsageError, all_error_classes
+
+out = Console()
+err = Console(stderr=True)
+
+FINAL = ("complete", "failed", "canceled")
+
+
+def _classes() -> dict[str, type[FriezeError]]:
+    import frieze.engine.errors  # noqa: F401  (registers its subclasses)
+
+    return {c.code: c for c in all_error_classes()}
+
+
+def error_from(status: int, body: Any) -> FriezeError:
+    """The FriezeError an error answer stands for."""
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        code = body["code"]
+        cls = _classes().get(code)
+        if cls is None:
+            cls = _classes().get(code.split(".")[0]) or (UsageError if status < 500 else FriezeError)
+        e = cls(str(body.get("message", code)), **(body.get("details") or {}))
+        return e
+    return FriezeError(f"the coordinator answered HTTP {status}")
+
+
+class Client:
+    def __init__(self, server: str | None = None, token_file: Path | None = None, timeout: float = 30.0) -> None:
+        self.server = (server or os.environ.get("FRIEZE_SERVER") or "http://127.0.0.1:8700").rstrip("/")
+        tf = token_file or Path(os.environ.get("FRIEZE_TOKEN_FILE", ".frieze/admin.token"))
+        headers = {}
+        try:
+            headers["Authorization"] = "Bearer " + tf.read_text().strip()
+        except FileNotFoundError:
+            pass
+        except PermissionError as e:
+            raise UsageError(f"cannot read token file {tf}", path=str(tf)) from e
+        ca = os.environ.get("FRIEZE_CA_FILE")  # a private CA for an HTTPS coordinator (else the system's)
+        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout, verify=ca or True)
+
+    def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        try:
+            r = self.http.request(method, "/v1" + path, json=body, params=params)
+        except httpx.HTTPError as e:
+            raise TransientStorageError(f"the coordinator at {self.server} is unreachable ({type(e).__name__})",
+                                        server=self.server) from e
+        if r.status_code >= 400:
+            try:
+                payload = r.json()
+            except ValueError:
+                payload = None
+            raise error_from(r.status_code, payload)
+        if r.status_code == 204:
+            return None
+        ctype = r.headers.get("content-type", "")
+        return r.json() if "json" in ctype else r.content
+
+    def get(self, route: str, /, **params: Any) -> Any:
+        return self.request("GET", route, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body)
+
+    def wait(self, op_id: str, *, quiet: bool = False, poll: float = 0.25, timeout: float | None = None) -> Any:
+        """Poll an operation until it is final, with a progress bar on stderr (unless ``quiet``)."""
+        t0 = time.monotonic()
+        st = self.get(f"/operations/{op_id}")
+        show = not quiet and err.is_terminal
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[steps]}"),
+                      DownloadColumn(), TimeElapsedColumn(), console=err, disable=not show, transient=True) as prog:
+            task = prog.add_task(st["type"], total=None, steps="")
+            while st["state"] not in FINAL:
+                prog.update(task, description=f"{st['type']} {st['state']} {st['step'] or ''}",
+                            steps=f"{st['steps_done']}/{st['steps_total']}",
+                            completed=st["bytes_done"], total=st["bytes_total"] or None)
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    from frieze.core.errors import DeadlineExceeded
+
+                    raise DeadlineExceeded(f"operation {op_id} is not finished after {timeout:g} s", op=op_id)
+                time.sleep(poll)
+                st = self.get(f"/operations/{op_id}")
+        return st
+
+
+def emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str | None = None) -> None:
+    """Print ``data`` as JSON (stdout) or a rich table / key-value list."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
+        return
+    if isinstance(data, list):
+        cols = columns or (list(data[0]) if data else [])
+        t = Table(title=title)
+        for c in cols:
+            t.add_column(c)
+        for row in data:
+            t.add_row(*[_cell(row.get(c)) for c in cols])
+        out.print(t)
+    elif isinstance(data, dict):
+        t = Table(show_header=False, title=title)
+        t.add_column("field", style="bold")
+        t.add_column("value")
+        for k, v in data.items():
+            t.add_row(k, _cell(v))
+        out.print(t)
+    else:
+        out.print(data)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def read_secret(prompt: str, from_file: Path | None) -> str:
+    """A secret from a file (``-`` for stdin) or an interactive prompt; never from argv."""
+    if from_file is not None:
+        text = sys.stdin.read() if str(from_file) == "-" else from_file.read_text()
+        return text.rstrip("\n")
+    if not sys.stdin.isatty():
+        raise UsageError(f"{prompt}: give it with a --*-file option (or '-' for stdin)")
+    import getpass
+
+    return getpass.getpass(prompt + ": ")

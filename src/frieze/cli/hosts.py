@@ -1,0 +1,33 @@
+"""``frieze host ...``: register hosts (prints the one-time enrollment token), list, maintenance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from frieze.cli.client import Client, emit
+from frieze.cli.ops import Json, Server, TokenFile
+
+app = typer.Typer(help="Hosts and their agents.", no_args_is_help=True)
+COLUMNS = ["name", "id", "state", "agent_version", "address", "last_heartbeat"]
+
+
+@app.command()
+def add(name: str, address: Annotated[str | None, typer.Option(help="https://host:port of its agent")] = None,
+        server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Register a host; prints its one-time enrollment token (for `frieze agent enroll`)."""
+    emit(Client(server, token_file).post("/hosts", {"name": name, "address": address}), json)
+
+
+@app.command("list")
+def list_cmd(server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """List hosts with their state (pending, online, offline, maintenance)."""
+    emit(Client(server, token_file).get("/hosts"), json, COLUMNS)
+
+
+@app.command()
+def maintenance(name: str, on: Annotated[bool, typer.Option("--on/--off")] = True,
+                server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Put a host in (or out of) maintenance: no operation is sent to it meanwhile."""
+    emit(Client(server, token_file).request("PUT", f"/hosts/{name}/maintenance", {"maintenance": on}), json)

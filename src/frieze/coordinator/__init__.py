@@ -1,0 +1,1 @@
+"""frieze.coordinator: workflows, vault, mover, catalog, agent registry, policies."""

@@ -1,0 +1,1 @@
+"""The catalog: hosts, apps, volumes, repositories, protection sets, policies, restore points, tokens."""

@@ -1,0 +1,130 @@
+"""Repositories as the coordinator holds them: URL in the catalog, password and S3 keys in the vault.
+
+Only the coordinator opens a repository (the mover); agents never see a password, a key or an S3 credential.
+Registering a repository opens it (or creates it with ``init``) before anything is recorded, so a wrong
+password or an unreachable store is a clear error that changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from frieze.coordinator.catalog.db import Catalog
+from frieze.coordinator.catalog.models import Repository as RepoRow
+from frieze.coordinator.config import CoordinatorConfig
+from frieze.coordinator.resources import Resources
+from frieze.coordinator.secrets_store import SecretStore
+from frieze.core.errors import FriezeError, NotFound, StorageError, UsageError
+
+
+def _open_store(url: str, s3: dict[str, str]) -> Any:
+    """The blob store for ``url``: ``file:///path`` (or a plain absolute path) or
+    ``s3://bucket/prefix?endpoint=https://...&region=...`` with the sealed S3 keys. Uses the repository's
+    registry (``frieze.repo.blobstore.registry.open_store``) when present."""
+    import importlib
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        reg: Any = importlib.import_module("frieze.repo.blobstore.registry")
+    except ImportError:
+        reg = None
+    if url.startswith("/"):
+        url = "file://" + url
+    try:
+        if reg is not None:
+            return reg.open_store(url, **s3) if s3 else reg.open_store(url)
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            from frieze.repo.blobstore.local import LocalBlobStore
+
+            if not parts.path.startswith("/"):
+                raise UsageError(f"repository URL {url!r} needs an absolute path", url=url)
+            return LocalBlobStore(parts.path)
+        if parts.scheme == "s3":
+            from frieze.repo.blobstore.s3 import S3BlobStore
+
+            q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            creds = {"access_key_id": s3["access_key_id"], "secret_access_key": s3["secret_access_key"]} \
+                if "access_key_id" in s3 and "secret_access_key" in s3 else None
+            return S3BlobStore(parts.netloc, prefix=parts.path.strip("/"), endpoint_url=q.get("endpoint"),
+                               region=q.get("region"), credentials=creds)
+        raise UsageError(f"repository URL {url!r}: the scheme must be file or s3", url=url)
+    except FriezeError:
+        raise
+    except TypeError as e:
+        raise UsageError(f"repository URL {url!r} does not take these credentials", url=url) from e
+    except Exception as e:  # translate at the boundary; never echo credentials
+        raise StorageError(f"cannot open the store at {url!r}: {type(e).__name__}", url=url) from e
+
+
+def open_repo(store: Any, password: str, *, init: bool = False, params: Any = None) -> Any:
+    """Open (or create) the repository on ``store``. WrongPassword, NotFound, StorageError as appropriate."""
+    from frieze.repo.repository import Repository
+
+    try:
+        if init:
+            return Repository.init(store, password, params=params)
+        return Repository.open(store, password)
+    except BaseException:
+        store.close()
+        raise
+
+
+class Repos:
+    """Opened repositories are cached per catalog id (opening runs the memory-hard KDF once per process)."""
+
+    def __init__(self, catalog: Catalog, secrets: SecretStore, config: CoordinatorConfig) -> None:
+        self.catalog = catalog
+        self.secrets = secrets
+        self.config = config
+        #: how a URL becomes a blob store (tests may replace it)
+        self.store_opener: Callable[[str, dict[str, str]], Any] = _open_store
+        #: RepoParams for ``init`` (None: the library's defaults)
+        self.init_params: Any = None
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def register(self, resources: Resources, name: str, url: str, password: str, init: bool,
+                 s3: dict[str, str]) -> dict[str, Any]:
+        """Open or create the repository first; record it (and seal its secrets) only if that worked."""
+        resources.check_repository_name_free(name)
+        if not password:
+            raise UsageError("a repository password must not be empty")
+        repo = open_repo(self.store_opener(url, s3), password, init=init, params=self.init_params)
+        view = resources.create_repository(name, url, sorted(s3))
+        with self._lock:
+            self._cache[view["id"]] = repo
+        self.secrets.put(f"repo/{view['id']}/password", password)
+        for k, v in s3.items():
+            self.secrets.put(f"repo/{view['id']}/{k}", v)
+        return view
+
+    @contextmanager
+    def open(self, repo_id: str) -> Iterator[Any]:
+        """The repository of catalog id ``repo_id``, opened with its sealed password (cached)."""
+        with self._lock:
+            cached = self._cache.get(repo_id)
+        if cached is not None:
+            cached.load_index()
+            yield cached
+            return
+        with self.catalog.session() as s:
+            row = s.get(RepoRow, repo_id)
+            if row is None:
+                raise NotFound(f"repository {repo_id!r} does not exist", repository=repo_id)
+            url, pref, refs = row.url, row.password_ref, dict(row.secret_refs)
+        password = self.secrets.get(pref)
+        s3 = {k: self.secrets.get(v).reveal() for k, v in refs.items()}
+        repo = open_repo(self.store_opener(url, s3), password.reveal())
+        with self._lock:
+            repo = self._cache.setdefault(repo_id, repo)
+        yield repo
+
+    def close(self) -> None:
+        with self._lock:
+            repos, self._cache = list(self._cache.values()), {}
+        for r in repos:
+            r.close()

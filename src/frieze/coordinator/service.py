@@ -1,0 +1,389 @@
+"""The coordinator facade: the one object the API (and the CLI's `server run`) talks to.
+
+It owns the catalog, the vault, tokens, the agent registry, the repositories service, the workflow engine
+and the scheduler, and exposes the calls the REST API maps to. Every call that does work submits an
+operation to the engine and returns its id at once; provisioning calls validate everything first and
+change nothing on error.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+
+from frieze.coordinator import context
+from frieze.coordinator.agents import AgentDirectory
+from frieze.coordinator.auth import Tokens
+from frieze.coordinator.catalog.db import Catalog
+from frieze.coordinator.catalog.models import (
+    App,
+    Counter,
+    Host,
+    OpResult,
+    Policy,
+    ProtectionSet,
+    Repository,
+    RestorePoint,
+    Volume,
+)
+from frieze.coordinator.config import CoordinatorConfig
+from frieze.coordinator.metrics import HOSTS, OPS_SUBMITTED
+from frieze.coordinator.mover import Mover
+from frieze.coordinator.registry import Registry
+from frieze.coordinator.repos import Repos
+from frieze.coordinator.resources import Resources, resolve
+from frieze.coordinator.secrets_store import SecretStore
+from frieze.coordinator.vault import Vault
+from frieze.core.errors import AlreadyExists, Conflict, Forbidden, FriezeError, NotFound, UsageError
+
+log = structlog.get_logger("frieze.coordinator")
+
+
+class Coordinator:
+    """Everything one coordinator process runs."""
+
+    def __init__(self, config: CoordinatorConfig, *, start_engine: bool = True) -> None:
+        config.ensure_dirs()
+        self.config = config
+        self.catalog = Catalog(config.catalog)
+        self.vault = Vault(config.key_file)
+        self.secrets = SecretStore(self.catalog, self.vault)
+        self.tokens = Tokens(self.catalog)
+        self.resources = Resources(self.catalog)
+        self.registry = Registry(self.catalog, config)
+        self.repos = Repos(self.catalog, self.secrets, config)
+        self.agents = AgentDirectory(self._protocol_factory())
+        self.mover = Mover(config.staging_dir)
+        self._lock = threading.Lock()
+        self.engine: Any = None
+        self.scheduler: Any = None
+        if self.tokens.bootstrap(config.admin_token_file):
+            log.info("bootstrap_admin_token_written", path=str(config.admin_token_file))
+        context.install(self)
+        if start_engine:
+            self.start_engine()
+
+    def _protocol_factory(self) -> Any:
+        try:
+            from frieze.coordinator.agent_client import factory
+        except ImportError:  # frieze.protocol not installed
+            return None
+        return factory(self.config)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start_engine(self) -> None:
+        from frieze.coordinator.engine_setup import make_engine
+
+        self.engine = make_engine(self.config)
+        self.engine.start()
+        if self.config.scheduler:
+            from frieze.coordinator.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self)
+            self.scheduler.start()
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+        self.registry.close()
+        self.agents.close()
+        self.repos.close()
+        self.catalog.close()
+        context.uninstall(self)
+
+    def agent_tls(self) -> dict[str, Any] | None:
+        """Paths of the agent port's server certificate, key and the agents' CA, or None when the CA
+        (frieze.protocol) is not available."""
+        from frieze.coordinator.ca import agent_port_tls
+
+        return agent_port_tls(self.config)
+
+    def upgrade_agent(self, host: Host, have: str | None, timeout_s: float = 90.0) -> str:
+        """Upgrade an agent older than ``min_agent_version`` with ``agent_dist`` (checked by its SHA-256 on
+        the agent), then wait until it answers with a good version. One upgrade per host at a time."""
+        import hashlib
+        import time
+
+        from frieze.coordinator.registry import version_ok
+
+        dist = self.config.agent_dist
+        assert dist is not None
+        with self._lock:
+            data = dist.read_bytes()
+            log.info("agent_upgrade", host=host.name, have=have, need=self.config.min_agent_version, dist=dist.name)
+            self.agents.for_host(host).upgrade(data, hashlib.sha256(data).hexdigest(), dist.name)
+            self.agents.forget(host)
+            deadline = time.monotonic() + timeout_s
+            v: str | None = None
+            while time.monotonic() < deadline:
+                try:
+                    v = self.agents.for_host(host).version()
+                    if version_ok(v, self.config.min_agent_version):
+                        return v
+                except FriezeError:
+                    self.agents.forget(host)
+                time.sleep(0.5)
+        raise Conflict(f"agent on host {host.name!r} is still at version {v or have} after an upgrade to "
+                       f"{dist.name}; it needs {self.config.min_agent_version}", host=host.name, version=v or have)
+
+    def probe_agents(self) -> None:
+        """Heartbeat every enrolled agent from here (agents need not call in)."""
+        self.registry.probe(self.agents.for_host)
+
+    def enrollment_router(self) -> Any:
+        """The agents' enrollment routes (frieze.protocol.enroll) over this coordinator's CA and registry."""
+        from frieze.protocol.ca import CertificateAuthority
+        from frieze.protocol.enroll import enrollment_router
+
+        ca = CertificateAuthority.create(self.config.ca_dir)
+        return enrollment_router(ca, redeem=self.registry.redeem,
+                                 on_issued=lambda host, fp: self.registry.set_fingerprint(host["id"], fp))
+
+    def ca_fingerprint(self) -> str:
+        from frieze.protocol.ca import CertificateAuthority
+
+        return CertificateAuthority.create(self.config.ca_dir).fingerprint
+
+    def refresh_gauges(self) -> None:
+        with self.catalog.session() as s:
+            counts = {st: n for st, n in s.execute(select(Host.state, func.count()).group_by(Host.state))}
+        for st in ("pending", "online", "offline", "maintenance"):
+            HOSTS.labels(st).set(counts.get(st, 0))
+
+    # -- provisioning with secrets --------------------------------------------------------------------
+    def create_host(self, name: str, address: str | None) -> tuple[dict[str, Any], str]:
+        return self.registry.create_host(self.resources, name, address)
+
+    def create_app(self, host: str, name: str, kind: str, data_dir: str, volume: str | None,
+                   options: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
+        view = self.resources.create_app(host, name, kind, data_dir, volume, options, sorted(secrets))
+        for k, v in secrets.items():
+            self.secrets.put(Resources.app_secret_name(view["id"], k), v)
+        return view
+
+    def create_repository(self, name: str, url: str, password: str, init: bool,
+                          s3: dict[str, str]) -> dict[str, Any]:
+        return self.repos.register(self.resources, name, url, password, init, s3)
+
+    def create_policy(self, *args: Any) -> dict[str, Any]:
+        return self.resources.create_policy(*args)
+
+    def next_epoch(self) -> int:
+        """A new freeze epoch, strictly greater than every earlier one (one catalog transaction)."""
+        with self.catalog.session() as s:
+            c = s.get(Counter, "freeze_epoch", with_for_update=True)
+            if c is None:
+                c = Counter(name="freeze_epoch", value=0)
+                s.add(c)
+            c.value += 1
+            s.flush()
+            return c.value
+
+    # -- operations -----------------------------------------------------------------------------------
+    def _engine(self) -> Any:
+        if self.engine is None:
+            raise UsageError("the workflow engine is not running in this process")
+        return self.engine
+
+    def _accepted(self, op_id: str) -> dict[str, Any]:
+        st = self._engine().status(op_id)
+        return {"operation_id": op_id, "state": st.state.value}
+
+    def backup_args(self, protection_set: str, policy: str | None, repository: str | None,
+                    consistency: str | None, scheduled_for: str | None = None) -> dict[str, Any]:
+        """Validate a backup request against the catalog and turn it into the workflow's arguments."""
+        with self.catalog.session() as s:
+            ps = resolve(s, ProtectionSet, protection_set, "protection set")
+            pol = resolve(s, Policy, policy, "policy") if policy else None
+            if pol is not None and pol.protection_set_id != ps.id:
+                raise UsageError(f"policy {pol.name!r} is not for protection set {ps.name!r}", policy=pol.name)
+            if repository:
+                repo = resolve(s, Repository, repository, "repository")
+            elif pol is not None:
+                repo = s.get(Repository, pol.repository_id)  # type: ignore[assignment]
+            else:
+                raise UsageError("a backup needs a policy or a repository", protection_set=ps.name)
+            return {
+                "protection_set_id": ps.id, "policy_id": pol.id if pol else None, "repository_id": repo.id,
+                "consistency": consistency or (pol.consistency if pol else "application"),
+                "on_quiesce_failure": pol.on_quiesce_failure if pol else "abort",
+                "lease_s": pol.lease_s if pol else 60.0,
+                "keep_host_snapshots": pol.keep_host_snapshots if pol else 0,
+                "retention": dict(pol.retention) if pol else {},
+                "scheduled_for": scheduled_for,
+            }
+
+    def submit_backup(self, protection_set: str, policy: str | None, repository: str | None,
+                      consistency: str | None, scheduled_for: str | None = None) -> dict[str, Any]:
+        args = self.backup_args(protection_set, policy, repository, consistency, scheduled_for)
+        op_id = self._engine().submit("backup", args, resources=self._backup_resources(args))
+        OPS_SUBMITTED.labels("backup").inc()
+        return self._accepted(op_id)
+
+    def _backup_resources(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Admission: per repository, per host (when the set is on one host), one backup per volume."""
+        with self.catalog.session() as s:
+            ps = s.get(ProtectionSet, args["protection_set_id"])
+            assert ps is not None
+            vols = [s.get(Volume, v) for v in ps.volume_ids]
+            hosts = sorted({v.host_id for v in vols if v is not None})
+        return {"host": hosts[0] if len(hosts) == 1 else None, "target": args["repository_id"],
+                "exclusive": [f"vol:{v}" for v in sorted(ps.volume_ids)]}
+
+    def submit_restore(self, restore_point: str, volume: str | None, target_host: str | None,
+                       target_path: str | None, paths: list[str], overwrite: bool) -> dict[str, Any]:
+        with self.catalog.session() as s:
+            rp = s.get(RestorePoint, restore_point)
+            if rp is None or rp.forgotten:
+                raise NotFound(f"restore point {restore_point!r} does not exist", restore_point=restore_point)
+            vols = list(rp.volumes)
+            if volume is not None:
+                vol = resolve(s, Volume, volume, "volume")
+                entry = next((v for v in vols if v["volume_id"] == vol.id), None)
+                if entry is None:
+                    raise NotFound(f"volume {volume!r} is not in restore point {rp.id}", volume=volume)
+            elif len(vols) == 1:
+                entry = vols[0]
+            else:
+                raise UsageError(f"restore point {rp.id} has {len(vols)} volumes; name one with volume",
+                                 restore_point=rp.id)
+            host = resolve(s, Host, target_host, "host") if target_host else s.get(Host, entry["host_id"])
+            assert host is not None
+            path = target_path or entry["path"]
+            for p in paths:
+                if p.startswith("/") or ".." in p.split("/") or "\x00" in p:
+                    raise UsageError(f"restore path {p!r} must be relative to the volume, without '..'", path=p)
+            args = {"restore_point_id": rp.id, "volume_id": entry["volume_id"], "target_host_id": host.id,
+                    "target_path": path, "paths": paths, "overwrite": overwrite}
+            s.expunge(host)
+        if not overwrite:
+            self._refuse_existing_target(host, path)
+        op_id = self._engine().submit("restore", args)
+        OPS_SUBMITTED.labels("restore").inc()
+        return self._accepted(op_id)
+
+    def _refuse_existing_target(self, host: Host, path: str) -> None:
+        """Answer at once when the target exists and is not empty (the workflow checks again when it runs).
+        An unreachable agent is not an error here: the operation will report it."""
+        try:
+            self.registry.check_callable(host)
+            st = self.agents.for_host(host).target_state(path)
+        except (Forbidden, Conflict) as e:
+            if isinstance(e, Forbidden):
+                raise  # e.g. a target outside the host's restore roots: refused now, nothing submitted
+            return
+        except FriezeError:
+            return
+        if st.get("exists") and not st.get("empty"):
+            raise AlreadyExists(f"restore target {path} on host {host.name!r} exists and is not empty; choose "
+                                "another path or pass overwrite", path=path, host=host.name)
+
+    def submit_recover(self, app: str, host: str | None, time: str | None, position: str | None,
+                       name: str | None) -> dict[str, Any]:
+        if sum(x is not None for x in (time, position, name)) > 1:
+            raise UsageError("a recovery target is at most one of time, position, name")
+        with self.catalog.session() as s:
+            h = resolve(s, Host, host, "host") if host else None
+            a = resolve(s, App, app, "app", **({"host_id": h.id} if h else {}))
+            args = {"app_id": a.id, "time": time, "position": position, "name": name}
+        op_id = self._engine().submit("recover", args)
+        OPS_SUBMITTED.labels("recover").inc()
+        return self._accepted(op_id)
+
+    # -- access: read a restore point's data through the coordinator ------------------------------------
+    def _rp_volume(self, rp_id: str, volume: str | None) -> tuple[str, str]:
+        """(repository id, repository snapshot id) of one volume of a restore point."""
+        with self.catalog.session() as s:
+            rp = s.get(RestorePoint, rp_id)
+            if rp is None or rp.forgotten:
+                raise NotFound(f"restore point {rp_id!r} does not exist", restore_point=rp_id)
+            vols = list(rp.volumes)
+            if volume is None and len(vols) == 1:
+                return rp.repository_id, str(vols[0]["snapshot_id"])
+            entry = next((v for v in vols if volume in (v["volume_id"], v.get("volume"))), None)
+            if entry is None:
+                raise NotFound(f"volume {volume!r} is not in restore point {rp_id}; one of "
+                               f"{', '.join(str(v.get('volume')) for v in vols)}", volume=volume)
+            return rp.repository_id, str(entry["snapshot_id"])
+
+    def list_files(self, rp_id: str, volume: str | None, path: str, recursive: bool) -> list[dict[str, Any]]:
+        """Entries of a restore point's volume at ``path`` (relative; a directory's children)."""
+        from frieze.repo.browse import ls
+
+        repo_id, snap = self._rp_volume(rp_id, volume)
+        with self.repos.open(repo_id) as repo:
+            out = []
+            for e in ls(repo, snap, path, recursive=recursive):
+                d = e.to_dict()
+                out.append({k: d.get(k) for k in ("path", "type", "mode", "size", "mtime", "target")})
+                if len(out) >= 10000:
+                    break
+            return out
+
+    def read_file(self, rp_id: str, volume: str | None, path: str) -> tuple[int, Any]:
+        """(size, iterator of bytes) of one regular file of a restore point; every blob is authenticated by
+        the repository before a byte of it is returned."""
+        from frieze.repo.browse import resolve
+        from frieze.repo.tree import NodeType
+
+        repo_id, snap = self._rp_volume(rp_id, volume)
+        with self.repos.open(repo_id) as repo:
+            node, _tree = resolve(repo, repo.load_snapshot(snap).tree, path)
+            if node is None or node.type is not NodeType.FILE:
+                raise UsageError(f"{path!r} is not a regular file in restore point {rp_id}", path=path)
+            extents = list(node.extents)
+
+            def chunks() -> Any:
+                for e in extents:
+                    yield bytes(e.length) if e.id is None else repo.read_blob(e.id)
+
+            return int(node.size), chunks()
+
+    def _status(self, st: Any) -> dict[str, Any]:
+        d: dict[str, Any] = st.to_dict()
+        with self.catalog.session() as s:
+            res = s.get(OpResult, st.id)
+            d["result"] = dict(res.data) if res is not None else None
+        return d
+
+    def operation_status(self, op_id: str) -> dict[str, Any]:
+        return self._status(self._engine().status(op_id))
+
+    def list_operations(self, state: str | None, type_: str | None, limit: int) -> list[dict[str, Any]]:
+        from frieze.engine import OpState
+
+        st = None
+        if state is not None:
+            try:
+                st = OpState(state)
+            except ValueError as e:
+                raise UsageError(f"unknown operation state {state!r}", state=state) from e
+        return [self._status(x) for x in self._engine().list(state=st, type=type_, limit=limit)]
+
+    def cancel_operation(self, op_id: str) -> dict[str, Any]:
+        st = self._engine().cancel(op_id)
+        return {"operation_id": op_id, "state": st.state.value}
+
+    def operation_logs(self, op_id: str, since: int) -> list[dict[str, Any]]:
+        from frieze.core.clock import iso
+
+        return [{"seq": ln.seq, "ts": iso(ln.ts), "level": ln.level, "step": ln.step, "message": ln.message}
+                for ln in self._engine().logs(op_id, since=since)]
+
+    def operation_diagnostics(self, op_id: str) -> bytes:
+        data: bytes = self._engine().diagnostics(op_id)
+        return data
+
+    def record_result(self, op_id: str, data: dict[str, Any]) -> None:
+        with self.catalog.session() as s:
+            row = s.get(OpResult, op_id)
+            if row is None:
+                s.add(OpResult(op_id=op_id, data=data))
+            else:
+                row.data = data

@@ -1,0 +1,1 @@
+"""The coordinator's workflows, one module per flow: backup, restore, recover."""

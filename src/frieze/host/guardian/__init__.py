@@ -1,0 +1,1 @@
+"""The freeze guardian: a separate process that owns every freeze lease."""

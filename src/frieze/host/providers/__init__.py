@@ -1,0 +1,1 @@
+"""Snapshot providers. The port is :class:`frieze.host.providers.base.SnapshotProvider`."""

@@ -1,0 +1,1 @@
+"""frieze.journal: continuous data protection journal (not built yet)."""

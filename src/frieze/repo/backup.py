@@ -1,0 +1,559 @@
+"""Backup of directory trees into the repository.
+
+Layout of a snapshot's root tree: when exactly one path is given and it is a directory, the root tree *is*
+that directory (its entries at the top); otherwise the root tree holds one entry per path, named by the
+path's last component (two paths with the same last component are refused). Every "snapshot path" below
+(``changed_ranges`` keys, ``fixed_block_globs``, ls, restore, diff) is ``/``-separated and relative to
+that root.
+
+Cost follows change:
+
+- With a parent snapshot (``parent="auto"``: the newest snapshot of the same host and the same paths), a
+  regular file whose ``(size, mtime_ns, ctime_ns, inode, mode)`` equals the parent's node, and whose parent
+  blobs are all still in the repository, is not opened: its extents are reused.
+- ``changed_ranges`` maps a snapshot path to the byte ranges ``(offset, length)`` that changed since the
+  parent (or ``None``: the whole file). For a fixed-block file whose parent node has the same block spec,
+  only the blocks those ranges touch (plus blocks past the parent's end) are read; every other block reuses
+  the parent's blob. The caller vouches for the map: a file listed with ``[]`` is not read at all. For a
+  content-defined file the ranges only say "changed": the file is read whole. Files not in the map fall
+  back to the metadata rule.
+
+Speed: the calling thread walks, reads (``readinto`` into the chunker's reused buffer, ``pread`` for
+blocks) and cuts; a thread pool hashes, compresses and encrypts (those libraries release the GIL); at most
+``4 * threads`` chunks are in flight. Errors reading one file (vanished, unreadable) skip that file and
+are listed in ``stats["warnings"]``; a missing top-level path is a NotFound before anything is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from frieze.core.errors import FriezeError, NotFound, UsageError
+from frieze.repo.chunking import CdcChunker, CdcParams, FixedBlocks, fixed_block_spec_for
+from frieze.repo.dataport import RepoLike, WriterLike
+from frieze.repo.fsmeta import data_segments, is_probably_sparse, node_from_stat, read_xattrs
+from frieze.repo.progress import ProgressCallback, Throttle
+from frieze.repo.tree import Extent, Node, NodeType, check_name, decode_tree, encode_tree
+from frieze.repo.types import BlobKind
+
+Ranges = list[tuple[int, int]]
+
+
+@dataclass
+class BackupStats:
+    """What a backup did. ``bytes_read`` counts every byte read from source files (the cost)."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    other: int = 0
+    files_unchanged: int = 0
+    files_ranged: int = 0
+    files_read: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    read_calls: int = 0
+    chunks: int = 0
+    chunks_new: int = 0
+    bytes_new: int = 0
+    trees: int = 0
+    trees_new: int = 0
+    duration_s: float = 0.0
+    checkpoints: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["warnings"] = self.warnings[:100]
+        d["warnings_count"] = len(self.warnings)
+        return d
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    snapshot_id: str
+    parent: str | None
+    tree: bytes
+    stats: BackupStats
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` record."""
+        return {"snapshot": self.snapshot_id, "parent": self.parent, "tree": self.tree.hex(),
+                "stats": self.stats.to_dict()}
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+class _Pipeline:
+    """Hash + store chunks on a thread pool with a bounded number in flight."""
+
+    def __init__(self, repo: RepoLike, writer: WriterLike, threads: int, checkpoint_bytes: int) -> None:
+        self.repo = repo
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="frieze-backup")
+        self.slots = threading.BoundedSemaphore(4 * max(1, threads))
+        self.checkpoint_bytes = checkpoint_bytes
+        self._lock = threading.Lock()
+        self._new_since_checkpoint = 0
+        self.checkpoints = 0
+
+    def _store(self, data: bytes | memoryview) -> tuple[bytes, bool]:
+        bid = self.repo.chunk_id(data)
+        new = bool(self.writer.add_blob(bid, data, kind=BlobKind.DATA))
+        if new:
+            with self._lock:
+                self._new_since_checkpoint += len(data)
+        return bid, new
+
+    def maybe_checkpoint(self) -> None:
+        """Make what was stored so far durable *and indexed* every ``checkpoint_bytes`` of new data, so a
+        killed backup loses at most that much for the re-run to reuse."""
+        if self.checkpoint_bytes <= 0 or self._new_since_checkpoint < self.checkpoint_bytes:
+            return
+        flush = getattr(self.writer, "flush", None)
+        if flush is None:
+            return
+        with self._lock:
+            self._new_since_checkpoint = 0
+        flush()
+        self.checkpoints += 1
+
+    def submit(self, data: bytes | memoryview) -> Future[tuple[bytes, bool]]:
+        self.maybe_checkpoint()
+        self.slots.acquire()
+        try:
+            fut = self.pool.submit(self._store, data)
+        except BaseException:
+            self.slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self.slots.release())
+        return fut
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# A pending extent: a finished Extent, or a future of (id, new) plus its length.
+_Pending = Extent | tuple[Future[tuple[bytes, bool]], int]
+
+
+class _CountingReader:
+    """``readinto`` over a byte range of an fd (pread-based, so segments of sparse files work)."""
+
+    def __init__(self, fd: int, start: int, end: int | None, stats: BackupStats) -> None:
+        self.fd, self.pos, self.end, self.stats = fd, start, end, stats
+
+    def readinto(self, b: memoryview) -> int:
+        want = len(b) if self.end is None else min(len(b), self.end - self.pos)
+        if want <= 0:
+            return 0
+        n = os.preadv(self.fd, [b[:want]], self.pos)
+        self.pos += n
+        self.stats.bytes_read += n
+        self.stats.read_calls += 1
+        return n
+
+
+# ----------------------------------------------------------------------------------------------- backup
+
+
+def _open_source(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        return os.open(path, flags)
+
+
+class _Backup:
+    def __init__(self, repo: RepoLike, writer: WriterLike, pipeline: _Pipeline, *,
+                 changed_ranges: Mapping[str, Ranges | None] | None,
+                 fixed_block_globs: Mapping[str, int | FixedBlocks] | None,
+                 progress: Throttle, bytes_total: int, files_total: int,
+                 open_file: Callable[[bytes], int]) -> None:
+        self.repo = repo
+        self.writer = writer
+        self.pipe = pipeline
+        self.changed = changed_ranges or {}
+        self.globs = fixed_block_globs
+        cfg = repo.config
+        self.cdc = CdcChunker(CdcParams(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, cfg.chunker_seed))
+        self.default_block = int(getattr(cfg, "block_size", 0) or 8 * cfg.page_size)
+        self.stats = BackupStats()
+        self.progress = progress
+        self.bytes_total = bytes_total
+        self.files_total = files_total
+        self.files_done = 0
+        self.bytes_done = 0
+        self.open_file = open_file
+        # (dev, inode) of files with several links -> snapshot path of the first one seen.
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.seen_trees: set[bytes] = set()
+
+    # -- parent access
+    def parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        try:
+            return {n.name: n for n in decode_tree(self.repo.read_blob(tree_id), tree_id)}
+        except FriezeError as e:
+            self.stats.warnings.append(f"parent tree {tree_id.hex()} unreadable ({e}); reading files again")
+            return {}
+
+    def _blobs_present(self, node: Node) -> bool:
+        return all(self.writer.has(i) for i in dict.fromkeys(node.data_ids()))
+
+    # -- walking
+    def dir_tree(self, abs_path: bytes, rel: str, parent_tree: bytes | None, st: os.stat_result) -> bytes:
+        """Back up the entries of directory ``abs_path`` (the one ``st`` describes); return its tree id.
+
+        The directory is opened with O_NOFOLLOW and checked to be the stat'ed inode; its entries are listed
+        and stat'ed through that fd, so a directory swapped for a symlink mid-walk is never followed.
+        """
+        names: list[bytes] = []
+        dfd = -1
+        try:
+            dfd = os.open(abs_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            fst = os.fstat(dfd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                self.stats.warnings.append(f"{rel or '/'}: directory replaced during backup; not descended")
+            else:
+                names = sorted(os.fsencode(n) for n in os.listdir(dfd))
+        except OSError as e:
+            self.stats.warnings.append(f"cannot list {os.fsdecode(abs_path)}: {e.strerror}")
+        try:
+            return self.entries_tree([(n, abs_path + b"/" + n) for n in names], rel, parent_tree,
+                                     dfd if dfd >= 0 else None)
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
+
+    def entries_tree(self, entries: list[tuple[bytes, bytes]], rel: str, parent_tree: bytes | None,
+                     dir_fd: int | None = None) -> bytes:
+        parents = self.parent_nodes(parent_tree)
+        nodes: list[Node] = []
+        pending: list[tuple[Node, list[_Pending]]] = []
+        for name, path in entries:
+            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+            node = self.entry(name, path, child_rel, parents.get(name), pending, dir_fd)
+            if node is not None:
+                nodes.append(node)
+        for node, exts in pending:
+            node.extents = self._resolve(exts)
+        if parent_tree is not None and len(nodes) == len(parents) and all(
+                parents.get(n.name) == n for n in nodes):
+            self.stats.trees += 1  # unchanged directory: the parent's tree blob, not encoded again
+            return parent_tree
+        return self.store_tree(nodes)
+
+    def store_tree(self, nodes: list[Node]) -> bytes:
+        blob = encode_tree(nodes)
+        tid = self.repo.chunk_id(blob)
+        self.stats.trees += 1
+        if tid not in self.seen_trees:
+            self.seen_trees.add(tid)
+            if self.writer.add_blob(tid, blob, kind=BlobKind.TREE):
+                self.stats.trees_new += 1
+        return tid
+
+    def _resolve(self, exts: list[_Pending]) -> list[Extent]:
+        out: list[Extent] = []
+        for e in exts:
+            if isinstance(e, Extent):
+                out.append(e)
+                continue
+            fut, ln = e
+            bid, new = fut.result()
+            self.stats.chunks += 1
+            if new:
+                self.stats.chunks_new += 1
+                self.stats.bytes_new += ln
+            out.append(Extent(bid, ln))
+        return out
+
+    def entry(self, name: bytes, path: bytes, rel: str, parent: Node | None,
+              pending: list[tuple[Node, list[_Pending]]], dir_fd: int | None = None) -> Node | None:
+        check_name(name)
+        try:
+            st = os.lstat(name, dir_fd=dir_fd) if dir_fd is not None else os.lstat(path)
+        except FileNotFoundError:
+            self.stats.warnings.append(f"{rel}: vanished during backup")
+            return None
+        except OSError as e:
+            self.stats.warnings.append(f"{rel}: cannot stat: {e.strerror}")
+            return None
+        node = node_from_stat(name, st, xattrs=read_xattrs(path))
+        if node.type is NodeType.DIR:
+            self.stats.dirs += 1
+            sub_parent = parent.subtree if parent is not None and parent.type is NodeType.DIR else None
+            node.subtree = self.dir_tree(path, rel, sub_parent, st)
+            return node
+        if node.type is NodeType.SYMLINK:
+            self.stats.symlinks += 1
+            try:
+                node.target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(path)
+            except OSError as e:
+                self.stats.warnings.append(f"{rel}: cannot read link: {e.strerror}")
+                return None
+            return node
+        if node.type is not NodeType.FILE:
+            self.stats.other += 1
+            return node
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self.links.get(key)
+            if first is not None:
+                self.stats.hardlinks += 1
+                return Node(name=name, type=NodeType.HARDLINK, link=first, mode=node.mode, uid=node.uid,
+                            gid=node.gid, user=node.user, group=node.group, mtime_ns=node.mtime_ns,
+                            atime_ns=node.atime_ns, ctime_ns=node.ctime_ns, inode=node.inode, dev=node.dev,
+                            nlink=node.nlink)
+            self.links[key] = rel.encode("utf-8", "surrogateescape")
+        self.stats.files += 1
+        self.stats.bytes_total += st.st_size
+        exts = self.file_content(path, rel, st, node, parent)
+        self.files_done += 1
+        self.bytes_done += st.st_size
+        self.progress(self.bytes_done, self.bytes_total, self.files_done, self.files_total, rel)
+        if exts is None:
+            if st.st_nlink > 1 and self.links.get((st.st_dev, st.st_ino)) == rel.encode("utf-8", "surrogateescape"):
+                del self.links[(st.st_dev, st.st_ino)]
+            return None
+        pending.append((node, exts))
+        return node
+
+    # -- file content
+    def file_content(self, path: bytes, rel: str, st: os.stat_result, node: Node,
+                     parent: Node | None) -> list[_Pending] | None:
+        spec = fixed_block_spec_for(rel, self.globs, self.default_block)
+        if spec is not None:
+            node.block_size, node.page_size = spec.block_size, spec.page_size
+        same_kind = (parent is not None and parent.type is NodeType.FILE
+                     and parent.block_size == node.block_size and parent.page_size == node.page_size)
+        has_ranges = rel in self.changed
+        ranges = self.changed.get(rel)
+        if parent is not None and same_kind and not has_ranges and (
+                parent.size, parent.mtime_ns, parent.ctime_ns, parent.inode, parent.mode) == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, stat.S_IMODE(st.st_mode)
+        ) and self._blobs_present(parent):
+            self.stats.files_unchanged += 1
+            return list(parent.extents)
+        if parent is not None and same_kind and has_ranges and ranges is not None and self._blobs_present(parent):
+            if spec is None:
+                if not ranges and parent.size == st.st_size:
+                    self.stats.files_unchanged += 1
+                    return list(parent.extents)
+            else:
+                self.stats.files_ranged += 1
+                return self._read_fixed(path, rel, st, node, spec, parent, ranges)
+        return self._read_full(path, rel, st, node, spec)
+
+    def _open(self, path: bytes, rel: str, st: os.stat_result) -> int | None:
+        try:
+            fd = self.open_file(path)
+        except OSError as e:
+            self.stats.warnings.append(f"{rel}: cannot open: {e.strerror}")
+            return None
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            self.stats.warnings.append(f"{rel}: replaced during backup")
+            return None
+        return fd
+
+    def _read_full(self, path: bytes, rel: str, st: os.stat_result, node: Node,
+                   spec: FixedBlocks | None) -> list[_Pending] | None:
+        fd = self._open(path, rel, st)
+        if fd is None:
+            return None
+        self.stats.files_read += 1
+        try:
+            if spec is not None:
+                return self._read_fixed_fd(fd, rel, st, node, spec, None, None)
+            size = st.st_size
+            segs = data_segments(fd, size) if is_probably_sparse(st) else None
+            out: list[_Pending] = []
+            if segs is None and size < self.cdc.params.min_size:
+                # Small file: one pread (CDC never cuts at or below min_size, so this is its one chunk).
+                data = os.pread(fd, size + 1, 0)
+                self.stats.bytes_read += len(data)
+                self.stats.read_calls += 1
+                if len(data) <= self.cdc.params.min_size:
+                    node.size = len(data)
+                    return [(self.pipe.submit(data), len(data))] if data else []
+                # It grew past min_size meanwhile: cut it normally below.
+            if segs is None:
+                out.extend(self._cut(fd, 0, None))
+            else:
+                pos = 0
+                for off, ln in segs:
+                    if off > pos:
+                        out.append(Extent(None, off - pos))
+                    out.extend(self._cut(fd, off, off + ln))
+                    pos = off + ln
+                if pos < size:
+                    out.append(Extent(None, size - pos))
+            node.size = sum(e.length if isinstance(e, Extent) else e[1] for e in out)
+            return out
+        except OSError as e:
+            self.stats.warnings.append(f"{rel}: read failed: {e.strerror}")
+            return None
+        finally:
+            self._note_change(fd, rel, st)
+            os.close(fd)
+
+    def _note_change(self, fd: int, rel: str, st: os.stat_result) -> None:
+        """Warn (the content is kept as read) when a file changed while it was being read."""
+        try:
+            now = os.fstat(fd)
+        except OSError:
+            return
+        if (now.st_mtime_ns, now.st_size, now.st_ctime_ns) != (st.st_mtime_ns, st.st_size, st.st_ctime_ns):
+            self.stats.warnings.append(f"{rel}: changed while it was read (not a consistent copy of it)")
+
+    def _cut(self, fd: int, start: int, end: int | None) -> Iterator[_Pending]:
+        reader = _CountingReader(fd, start, end, self.stats)
+        for view in self.cdc.cut_stream(reader):
+            yield (self.pipe.submit(bytes(view)), len(view))
+
+    def _read_fixed(self, path: bytes, rel: str, st: os.stat_result, node: Node, spec: FixedBlocks,
+                    parent: Node, ranges: Ranges) -> list[_Pending] | None:
+        touched = spec.touched(ranges, st.st_size)
+        if not touched and parent.size == st.st_size:
+            return list(parent.extents)
+        fd = self._open(path, rel, st)
+        if fd is None:
+            return None
+        try:
+            return self._read_fixed_fd(fd, rel, st, node, spec, parent, touched)
+        except OSError as e:
+            self.stats.warnings.append(f"{rel}: read failed: {e.strerror}")
+            return None
+        finally:
+            os.close(fd)
+
+    def _read_fixed_fd(self, fd: int, rel: str, st: os.stat_result, node: Node, spec: FixedBlocks,
+                       parent: Node | None, touched: set[int] | None) -> list[_Pending]:
+        """One extent per block (holes too, so block ``i`` is always extent ``i``)."""
+        size = st.st_size
+        segs = data_segments(fd, size) if is_probably_sparse(st) else [(0, size)]
+        out: list[_Pending] = []
+        si = 0
+        for i, (off, ln) in enumerate(spec.blocks(size)):
+            if (parent is not None and touched is not None and i not in touched and i < len(parent.extents)
+                    and parent.extents[i].length == ln):
+                out.append(parent.extents[i])
+                continue
+            while si < len(segs) and segs[si][0] + segs[si][1] <= off:
+                si += 1
+            if si >= len(segs) or segs[si][0] >= off + ln:
+                out.append(Extent(None, ln))
+                continue
+            data = os.pread(fd, ln, off)
+            self.stats.bytes_read += len(data)
+            self.stats.read_calls += 1
+            if len(data) != ln:
+                raise OSError(errno.EIO, f"short read at {off} (file shrank?)")
+            out.append((self.pipe.submit(data), ln))
+        node.size = size
+        return out
+
+
+def _scan_totals(paths: list[bytes]) -> tuple[int, int]:
+    total, files = 0, 0
+    stack = list(paths)
+    while stack:
+        p = stack.pop()
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                stack.extend(p + b"/" + n for n in os.listdir(p))
+            except OSError:
+                pass
+        elif stat.S_ISREG(st.st_mode):
+            total += st.st_size
+            files += 1
+    return total, files
+
+
+def _pick_parent(repo: RepoLike, parent: str | None, host: str, paths: list[str]) -> tuple[str | None, bytes | None]:
+    if parent is None:
+        return None, None
+    if parent == "auto":
+        best = None
+        for s in repo.list_snapshots():
+            if s.host == host and sorted(s.paths) == sorted(paths) and (best is None or s.seq > best.seq):
+                best = s
+        return (best.id, best.tree) if best is not None else (None, None)
+    snap = repo.load_snapshot(parent)
+    return snap.id, snap.tree
+
+
+def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, tags: list[str] | None = None,
+           label: Any = None, parent: str | None = "auto",
+           changed_ranges: Mapping[str, Ranges | None] | None = None,
+           fixed_block_globs: Mapping[str, int | FixedBlocks] | None = None,
+           progress: ProgressCallback | None = None, threads: int | None = None,
+           lease_s: float = 300.0, checkpoint_bytes: int | None = None,
+           open_file: Callable[[bytes], int] = _open_source) -> BackupResult:
+    """Back up ``paths`` as one snapshot and commit it; see the module docstring for the rules.
+
+    ``checkpoint_bytes`` (default: 4 packs' worth) bounds what a killed backup leaves unindexed: after that
+    much new data the writer is flushed (packs durable and indexed), so a re-run reuses it; 0 disables.
+    ``open_file`` opens a source file for reading (tests count opens through it).
+    """
+    t0 = time.monotonic()
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))  # three frames per directory level
+    if not paths:
+        raise UsageError("backup needs at least one path")
+    abs_paths = [os.path.abspath(os.fspath(p)) for p in paths]
+    for p in abs_paths:
+        if not os.path.lexists(p):
+            raise NotFound(f"backup path {p} does not exist", path=p)
+    bpaths = [os.fsencode(p) for p in abs_paths]
+    single_dir = len(bpaths) == 1 and os.path.isdir(bpaths[0]) and not os.path.islink(bpaths[0])
+    if not single_dir:
+        names = [os.path.basename(p.rstrip(b"/")) for p in bpaths]
+        if any(not n for n in names):
+            raise UsageError("cannot back up / together with other paths; give it alone")
+        if len(set(names)) != len(names):
+            raise UsageError(f"two backup paths end in the same name: {sorted(os.fsdecode(n) for n in names)}")
+    parent_id, parent_tree = _pick_parent(repo, parent, host, abs_paths)
+    throttle = Throttle(progress, "backup")
+    bytes_total, files_total = _scan_totals(bpaths) if progress is not None else (0, 0)
+    with repo.writer(host=host, lease_s=lease_s) as writer:
+        if checkpoint_bytes is None:
+            checkpoint_bytes = 4 * int(getattr(repo.config, "pack_size", 16 << 20))
+        pipe = _Pipeline(repo, writer, threads or os.cpu_count() or 2, checkpoint_bytes)
+        try:
+            b = _Backup(repo, writer, pipe, changed_ranges=changed_ranges, fixed_block_globs=fixed_block_globs,
+                        progress=throttle, bytes_total=bytes_total, files_total=files_total, open_file=open_file)
+            if single_dir:
+                tree = b.dir_tree(bpaths[0], "", parent_tree, os.lstat(bpaths[0]))
+            else:
+                tree = b.entries_tree([(os.path.basename(p.rstrip(b"/")), p) for p in bpaths], "", parent_tree)
+        except BaseException:
+            pipe.close()
+            writer.abort()
+            raise
+        pipe.close()
+        b.stats.duration_s = round(time.monotonic() - t0, 3)
+        b.stats.checkpoints = pipe.checkpoints
+        snap_id = writer.commit(tree=tree, paths=abs_paths, host=host, tags=list(tags or []), label=label,
+                                parent=parent_id, stats=b.stats.to_dict())
+    throttle(b.bytes_done, bytes_total or b.bytes_done, b.files_done, files_total or b.files_done, done=True)
+    return BackupResult(snapshot_id=snap_id, parent=parent_id, tree=tree, stats=b.stats)

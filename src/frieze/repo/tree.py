@@ -1,0 +1,382 @@
+"""Files and trees: the node format of a snapshot's directory tree.
+
+A **tree blob** describes one directory: the list of its entries (nodes), sorted by name bytes. It is
+stored as a blob of kind ``TREE`` whose id is the repository's keyed chunk id of the serialized bytes, so
+equal directories share one blob and a changed file changes the ids of the trees on its path only.
+
+Serialization (version 1), deterministic and compact:
+
+- UTF-8 JSON lines. Line 1 is the header ``{"frieze":"tree","v":1}``; every following line is one node.
+- Each node is a JSON object with sorted keys, no spaces, and fields equal to their default omitted.
+- Nodes are sorted by name bytes, strictly increasing (so duplicate names cannot be encoded).
+- Byte strings (names, symlink targets, hard-link paths, xattr names/values) are stored as text when
+  they are valid UTF-8 (key ``n``, ``tg``, ``ln``) and as base64 otherwise (key ``nb``, ``tgb``, ``lnb``).
+- Blob ids are base64url without padding (43 characters for 32 bytes).
+
+Contracts:
+
+- :func:`encode_tree` of the same nodes gives the same bytes (the dedup of trees relies on it).
+- :func:`decode_tree` accepts only what :func:`encode_tree` can produce: every name passes
+  :func:`check_name`, names strictly increase, types and fields are checked, and a file's extents sum to
+  its size. Anything else raises :class:`frieze.core.errors.IntegrityError` naming the tree (when the
+  caller gave its id) and the offending entry. Restore relies on this as its first line of defence.
+- :func:`referenced_blobs` returns ``(subtree ids, data ids)`` of one tree blob, each in first-seen order
+  without duplicates: check and prune walk the snapshot graph with it.
+
+See docs/design/repository-files-and-trees.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from frieze.core.errors import IntegrityError
+
+FORMAT_VERSION = 1
+HEADER = b'{"frieze":"tree","v":1}'
+#: Longest name accepted (Linux NAME_MAX).
+NAME_MAX = 255
+#: Longest symlink target or hard-link path accepted (Linux PATH_MAX).
+PATH_MAX = 4096
+ID_LEN = 32
+
+
+class NodeType(StrEnum):
+    """The kind of a directory entry."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    #: A further name of a file already recorded in this snapshot (``link`` = its snapshot path).
+    HARDLINK = "hardlink"
+    FIFO = "fifo"
+    CHAR = "char"
+    BLOCK = "block"
+    SOCKET = "socket"
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of a file's bytes: a data blob (``id``) of ``length`` bytes, or a hole (``id is None``)."""
+
+    id: bytes | None
+    length: int
+
+
+@dataclass
+class Node:
+    """One directory entry. Times are nanoseconds since the epoch; ``mode`` holds permission bits only
+    (``st_mode & 0o7777``); the type is in ``type``."""
+
+    name: bytes
+    type: NodeType
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    ctime_ns: int = 0
+    size: int = 0
+    inode: int = 0
+    dev: int = 0
+    nlink: int = 1
+    #: Device number of a char/block device.
+    rdev: int = 0
+    #: Extended attributes, sorted by name.
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: File content in order; holes have ``id is None``. Their lengths sum to ``size``.
+    extents: list[Extent] = field(default_factory=list)
+    #: Fixed block size the file was cut with (0: content-defined chunking).
+    block_size: int = 0
+    #: Page size of the engine the fixed blocks are aligned to (0: not a fixed-block file).
+    page_size: int = 0
+    #: Tree blob id of a directory.
+    subtree: bytes | None = None
+    #: Symlink target (never followed by frieze).
+    target: bytes | None = None
+    #: Hard link: the snapshot-relative path (``/``-separated) of the file node it is another name of.
+    link: bytes | None = None
+
+    def data_ids(self) -> list[bytes]:
+        """The data blob ids of this node, in file order, with repeats."""
+        return [e.id for e in self.extents if e.id is not None]
+
+
+# ----------------------------------------------------------------------------------------------- names
+
+
+def check_name(name: bytes) -> bytes:
+    """Return ``name`` if it is a safe single path component, else raise IntegrityError.
+
+    Safe: 1..255 bytes, not ``.`` or ``..``, no ``/`` and no NUL byte.
+    """
+    if not isinstance(name, bytes):
+        raise IntegrityError(f"entry name {name!r} is not bytes", name=repr(name))
+    if not name or len(name) > NAME_MAX:
+        raise IntegrityError(f"unsafe entry name {name!r}: empty or longer than {NAME_MAX} bytes", name=repr(name))
+    if name in (b".", b".."):
+        raise IntegrityError(f"unsafe entry name {name!r}: a dot entry", name=repr(name))
+    if b"/" in name or b"\x00" in name:
+        raise IntegrityError(f"unsafe entry name {name!r}: contains '/' or NUL", name=repr(name))
+    return name
+
+
+def split_link_path(path: bytes) -> list[bytes]:
+    """Split a snapshot-relative hard-link path into checked components (no absolute path, no ``..``)."""
+    if not path or len(path) > PATH_MAX or path.startswith(b"/"):
+        raise IntegrityError(f"unsafe hard-link path {path!r}", path=repr(path))
+    return [check_name(p) for p in path.split(b"/")]
+
+
+# -------------------------------------------------------------------------------------------- encoding
+
+
+def _b64id(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
+
+
+# 43 base64url characters carry 258 bits; the canonical encoding of 32 bytes leaves the last 2 bits zero.
+_CANON_LAST = frozenset("AEIMQUYcgkosw048")
+_B64URL = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+
+
+def _unb64id(s: Any, what: str) -> bytes:
+    if type(s) is not str or len(s) != 43 or s[-1] not in _CANON_LAST or not _B64URL.match(s):
+        raise IntegrityError(f"bad blob id {s!r} in {what}")
+    try:
+        raw = base64.urlsafe_b64decode(s + "=")
+    except (binascii.Error, ValueError) as e:
+        raise IntegrityError(f"bad blob id {s!r} in {what}") from e
+    if len(raw) != ID_LEN:
+        raise IntegrityError(f"bad blob id {s!r} in {what}")
+    return raw
+
+
+def _put_bytes(d: dict[str, Any], text_key: str, bin_key: str, value: bytes) -> None:
+    try:
+        d[text_key] = value.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        d[bin_key] = base64.b64encode(value).decode("ascii")
+
+
+def _get_bytes(d: dict[str, Any], text_key: str, bin_key: str, what: str) -> bytes | None:
+    if text_key in d and bin_key in d:
+        raise IntegrityError(f"{what}: both {text_key!r} and {bin_key!r} present")
+    if text_key in d:
+        v = d[text_key]
+        if not isinstance(v, str):
+            raise IntegrityError(f"{what}: {text_key!r} is not text")
+        try:
+            return v.encode("utf-8", errors="strict")
+        except UnicodeEncodeError as e:
+            raise IntegrityError(f"{what}: {text_key!r} is not valid UTF-8") from e
+    if bin_key in d:
+        v = d[bin_key]
+        if not isinstance(v, str):
+            raise IntegrityError(f"{what}: {bin_key!r} is not base64 text")
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise IntegrityError(f"{what}: {bin_key!r} is not base64") from e
+        try:
+            raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            return raw
+        raise IntegrityError(f"{what}: {bin_key!r} holds valid UTF-8 (not canonical)")
+    return None
+
+
+_INT_FIELDS = ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size", "inode", "dev", "rdev",
+               "block_size", "page_size")
+_INT_KEYS = {"mode": "m", "uid": "u", "gid": "g", "mtime_ns": "mt", "atime_ns": "at", "ctime_ns": "ct",
+             "size": "s", "inode": "i", "dev": "d", "rdev": "rd", "block_size": "bs", "page_size": "ps"}
+
+
+def node_to_obj(node: Node) -> dict[str, Any]:
+    """The JSON object of one node (defaults omitted)."""
+    check_name(node.name)
+    d: dict[str, Any] = {"t": node.type.value}
+    _put_bytes(d, "n", "nb", node.name)
+    for f in _INT_FIELDS:
+        v = getattr(node, f)
+        if v:
+            d[_INT_KEYS[f]] = int(v)
+    if node.nlink != 1:
+        d["nl"] = node.nlink
+    if node.user:
+        d["un"] = node.user
+    if node.group:
+        d["gn"] = node.group
+    if node.xattrs:
+        d["xa"] = [[base64.b64encode(k).decode("ascii"), base64.b64encode(v).decode("ascii")]
+                   for k, v in sorted(node.xattrs)]
+    if node.extents:
+        d["x"] = [[None if e.id is None else _b64id(e.id), e.length] for e in node.extents]
+    if node.subtree is not None:
+        d["st"] = _b64id(node.subtree)
+    if node.target is not None:
+        _put_bytes(d, "tg", "tgb", node.target)
+    if node.link is not None:
+        _put_bytes(d, "ln", "lnb", node.link)
+    return d
+
+
+_KEY_FIELDS = {v: k for k, v in _INT_KEYS.items()}
+_KNOWN_KEYS = {"t", "n", "nb", "nl", "un", "gn", "xa", "x", "st", "tg", "tgb", "ln", "lnb", *_INT_KEYS.values()}
+
+
+def _int(d: dict[str, Any], key: str, what: str, default: int = 0) -> int:
+    v = d.get(key, default)
+    if type(v) is not int or v < 0 or v >= 1 << 64:
+        raise IntegrityError(f"{what}: field {key!r} is not an integer in [0, 2^64)")
+    return v
+
+
+def obj_to_node(d: Any, what: str) -> Node:
+    """Parse and check one node object (see :func:`decode_tree`)."""
+    if not isinstance(d, dict):
+        raise IntegrityError(f"{what}: node is not an object")
+    unknown = set(d) - _KNOWN_KEYS
+    if unknown:
+        raise IntegrityError(f"{what}: unknown node fields {sorted(unknown)}")
+    name = _get_bytes(d, "n", "nb", what)
+    if name is None:
+        raise IntegrityError(f"{what}: node without a name")
+    check_name(name)
+    what = f"{what} entry {name!r}"
+    try:
+        ntype = NodeType(str(d.get("t")))
+    except ValueError as e:
+        raise IntegrityError(f"{what}: unknown node type {d.get('t')!r}") from e
+    kw: dict[str, Any] = {}
+    for key, val in d.items():
+        f = _KEY_FIELDS.get(key)
+        if f is not None:
+            if type(val) is not int or val < 0 or val >= 1 << 64:
+                raise IntegrityError(f"{what}: field {key!r} is not an integer in [0, 2^64)")
+            kw[f] = val
+    node = Node(name=name, type=ntype, **kw)
+    if node.mode > 0o7777:
+        raise IntegrityError(f"{what}: mode {node.mode:o} has bits beyond 0o7777")
+    node.nlink = _int(d, "nl", what, 1)
+    for key, attr in (("un", "user"), ("gn", "group")):
+        if key in d:
+            if not isinstance(d[key], str):
+                raise IntegrityError(f"{what}: {key!r} is not text")
+            setattr(node, attr, d[key])
+    if "xa" in d:
+        xa = d["xa"]
+        if not isinstance(xa, list):
+            raise IntegrityError(f"{what}: xattrs are not a list")
+        pairs: list[tuple[bytes, bytes]] = []
+        for item in xa:
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise IntegrityError(f"{what}: bad xattr entry")
+            try:
+                k, v = base64.b64decode(item[0], validate=True), base64.b64decode(item[1], validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise IntegrityError(f"{what}: xattr is not base64") from e
+            if not k or b"\x00" in k:
+                raise IntegrityError(f"{what}: bad xattr name {k!r}")
+            pairs.append((k, v))
+        if [p[0] for p in pairs] != sorted({p[0] for p in pairs}):
+            raise IntegrityError(f"{what}: xattr names not strictly sorted")
+        node.xattrs = pairs
+    if "x" in d:
+        if ntype is not NodeType.FILE:
+            raise IntegrityError(f"{what}: extents on a {ntype.value}")
+        xs = d["x"]
+        if not isinstance(xs, list):
+            raise IntegrityError(f"{what}: extents are not a list")
+        total = 0
+        for item in xs:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise IntegrityError(f"{what}: bad extent {item!r}")
+            bid = None if item[0] is None else _unb64id(item[0], what)
+            ln = item[1]
+            if type(ln) is not int or ln <= 0 or ln >= 1 << 63:
+                raise IntegrityError(f"{what}: bad extent length {ln!r}")
+            total += ln
+            node.extents.append(Extent(bid, ln))
+    if ntype is NodeType.FILE:
+        total = sum(e.length for e in node.extents)
+        if total != node.size:
+            raise IntegrityError(f"{what}: extents cover {total} bytes but size is {node.size}")
+    if "st" in d:
+        if ntype is not NodeType.DIR:
+            raise IntegrityError(f"{what}: subtree on a {ntype.value}")
+        node.subtree = _unb64id(d["st"], what)
+    elif ntype is NodeType.DIR:
+        raise IntegrityError(f"{what}: directory without a subtree")
+    node.target = _get_bytes(d, "tg", "tgb", what)
+    if ntype is NodeType.SYMLINK:
+        if not node.target or b"\x00" in node.target or len(node.target) > PATH_MAX:
+            raise IntegrityError(f"{what}: bad symlink target")
+    elif node.target is not None:
+        raise IntegrityError(f"{what}: target on a {ntype.value}")
+    node.link = _get_bytes(d, "ln", "lnb", what)
+    if ntype is NodeType.HARDLINK:
+        if node.link is None:
+            raise IntegrityError(f"{what}: hard link without a path")
+        split_link_path(node.link)
+    elif node.link is not None:
+        raise IntegrityError(f"{what}: link path on a {ntype.value}")
+    return node
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    """Serialize the nodes of one directory (sorted here by name; duplicate names raise IntegrityError)."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    for a, b in itertools.pairwise(ordered):
+        if a.name == b.name:
+            raise IntegrityError(f"duplicate entry name {a.name!r} in one directory")
+    lines = [HEADER]
+    for n in ordered:
+        lines.append(json.dumps(node_to_obj(n), sort_keys=True, separators=(",", ":"),
+                                ensure_ascii=False).encode("utf-8"))
+    return b"\n".join(lines) + b"\n"
+
+
+def decode_tree(blob: bytes, tree_id: bytes | None = None) -> list[Node]:
+    """Parse and check a tree blob (see the module docstring). IntegrityError names the tree and entry."""
+    what = f"tree {tree_id.hex()}" if tree_id is not None else "tree"
+    if not blob.endswith(b"\n"):
+        raise IntegrityError(f"{what}: not a tree blob (no final newline)", tree=tree_id.hex() if tree_id else None)
+    lines = blob[:-1].split(b"\n")
+    if lines[0] != HEADER:
+        raise IntegrityError(f"{what}: not a tree blob of version {FORMAT_VERSION}",
+                             tree=tree_id.hex() if tree_id else None)
+    nodes: list[Node] = []
+    for i, line in enumerate(lines[1:], start=1):
+        try:
+            obj = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IntegrityError(f"{what}: line {i} is not JSON") from e
+        node = obj_to_node(obj, what)
+        if nodes and not nodes[-1].name < node.name:
+            raise IntegrityError(f"{what}: entry {node.name!r} is a duplicate or out of order",
+                                 tree=tree_id.hex() if tree_id else None, name=repr(node.name))
+        nodes.append(node)
+    return nodes
+
+
+def referenced_blobs(tree_blob: bytes) -> tuple[list[bytes], list[bytes]]:
+    """``(subtree ids, data ids)`` referenced by one tree blob, each deduplicated in first-seen order."""
+    subtrees: dict[bytes, None] = {}
+    data: dict[bytes, None] = {}
+    for node in decode_tree(tree_blob):
+        if node.subtree is not None:
+            subtrees[node.subtree] = None
+        for e in node.extents:
+            if e.id is not None:
+                data[e.id] = None
+    return list(subtrees), list(data)

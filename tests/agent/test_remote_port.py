@@ -1,0 +1,84 @@
+"""The coordinator's agent port over the protocol (frieze.protocol.remote.RemoteAgent) against the real agent
+process, driven by the coordinator's real Mover: quiesce → snapshot → unquiesce → ingest the snapshot into the
+mover's mirror (digest-checked) → send it back to a restore target → the agent's digests match."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from frieze.core.errors import Conflict
+from frieze.protocol.remote import RemoteAgent
+from tests.agent.conftest import cleanup_snapshots
+from tests.agent.support import Agent
+
+
+@dataclass(frozen=True)
+class AppRef:  # the coordinator's AppRef shape
+    id: str
+    name: str
+    kind: str
+    data_dir: str
+    options: dict[str, object] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    id: str
+    name: str
+    path: str
+    provider: str
+
+
+def test_mover_round_trip_through_agent(agent: Agent, tmp_path: Path) -> None:
+    from frieze.coordinator.mover import FileEntry, Mover
+
+    tmp = agent.config.parent
+    vol_path = str(tmp / "data" / "vol")
+    app = AppRef("app-1", "db1", "sqlite", vol_path)
+    vol = VolumeRef("vol-1", "v1", vol_path, "copy")
+    port = RemoteAgent(agent.client(expected_cn="h1"), "h1", entry_factory=lambda d: FileEntry(**d))
+    try:
+        assert port.version()
+        q = port.quiesce(app, epoch=900, lease_s=20)
+        assert q["changed"] is True
+        s = port.snapshot(vol, snap_id="mv-1", epoch=900)
+        assert s["snap_id"] == "mv-1" and port.snapshot_exists(vol, "mv-1")
+        u = port.unquiesce(app, epoch=900)
+        assert u["changed"] is True and u["lease_held"] is True and u["frozen_ms"] > 0
+        assert port.unquiesce(app, epoch=900)["changed"] is False
+        mover = Mover(tmp_path / "staging")
+        res = mover.ingest(vol.id, port.source(vol, "mv-1"))
+        assert res.files >= 1 and res.files_received == res.files
+        mirror = mover.mirror_dir(vol.id)
+        check = tmp_path / "check"
+        shutil.copytree(mirror, check)  # opening the mirror's db would change it (-shm)
+        conn = sqlite3.connect(check / "app.db")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+        # an unchanged snapshot is not fetched again
+        res2 = mover.ingest(vol.id, port.source(vol, "mv-1"))
+        assert res2.files_received == 0
+        target = str(tmp / "restore" / "mv")
+        assert port.target_state(target)["exists"] is False
+        files, nbytes = mover.send(mirror, port.sink(target, overwrite=False))
+        assert files == res.files and nbytes == res.bytes_total
+        have = port.target_digests(target)
+        want = {e.path: e.digest for e, _ in mover.extract_entries(mirror) if e.type == "file"}
+        assert have == want
+        with pytest.raises(Conflict):  # the same files again without overwrite
+            mover.send(mirror, port.sink(target, overwrite=False))
+        mover.send(mirror, port.sink(target, overwrite=True))
+        port.remove_target(target)
+        assert port.target_state(target)["exists"] is False
+        port.delete_snapshot(vol, "mv-1")
+        assert not port.snapshot_exists(vol, "mv-1")
+        print(f"RESULT M1 files={files} bytes={nbytes} second_ingest_received={res2.files_received}")
+    finally:
+        port.client.close()
+        cleanup_snapshots(agent)

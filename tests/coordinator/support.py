@@ -1,0 +1,159 @@
+"""Fixtures' helpers: an in-process coordinator with its engine, a real SQLite app, an in-memory repository."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from frieze.coordinator.config import CoordinatorConfig
+from frieze.coordinator.service import Coordinator
+from tests.coordinator.local_port import LocalPort
+
+
+def cheap_params() -> Any:
+    from frieze.repo.types import KdfParams, RepoParams
+
+    return RepoParams(kdf=KdfParams.cheap_for_tests(), pack_size=256 * 1024)
+
+
+class DirStore:
+    """A write-once directory blob store for tests (used only until frieze.repo.blobstore.local exists)."""
+
+    def __init__(self, root: Path) -> None:
+        from frieze.repo.blobstore.base import Capabilities
+
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.capabilities = Capabilities(name="testdir")
+        self.append_only = False
+
+    def _p(self, key: str) -> Path:
+        from frieze.repo.blobstore.base import check_key
+
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: Any) -> None:
+        import os
+
+        from frieze.core.errors import AlreadyExists
+
+        p = self._p(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + f".tmp{os.getpid()}{threading.get_ident()}")
+        tmp.write_bytes(bytes(data))
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            raise AlreadyExists(f"blob {key} exists", key=key) from None
+        finally:
+            tmp.unlink()
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        from frieze.core.errors import NotFound
+
+        try:
+            d = self._p(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {key} not found", key=key) from None
+        return d[offset:] if length is None else d[offset:offset + length]
+
+    def stat(self, key: str) -> Any:
+        from frieze.repo.blobstore.base import BlobInfo
+
+        p = self._p(key)
+        if not p.exists():
+            return None
+        st = p.stat()
+        return BlobInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str = "") -> Any:
+        from frieze.repo.blobstore.base import BlobInfo
+
+        for f in self.root.rglob("*"):
+            if f.is_file() and ".tmp" not in f.name:
+                k = f.relative_to(self.root).as_posix()
+                if k.startswith(prefix):
+                    st = f.stat()
+                    yield BlobInfo(k, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        self._p(key).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Stores:
+    """Blob stores by URL that persist across opens within one test (the local store when it exists)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.by_url: dict[str, Any] = {}
+
+    def __call__(self, url: str, s3: dict[str, str]) -> Any:
+        try:
+            from frieze.repo.blobstore.local import LocalBlobStore
+
+            return LocalBlobStore(Path(url.removeprefix("file://")))
+        except ImportError:
+            return DirStore(Path(url.removeprefix("file://")))
+
+
+@contextmanager
+def coordinator(tmp: Path, port: LocalPort | None = None, **cfg: Any) -> Iterator[Coordinator]:
+    c = Coordinator(CoordinatorConfig(state_dir=tmp / "state", scheduler=False, **cfg))
+    c.repos.store_opener = Stores(tmp)
+    c.repos.init_params = cheap_params()
+    if port is not None:
+        c.agents.set_factory(lambda host: port)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+class CounterApp:
+    """A small app writing to a SQLite database in WAL mode: one row per tick in ``counter``."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS counter (n INTEGER PRIMARY KEY, t REAL)")
+        conn.commit()
+        conn.close()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self.n = 0
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.db, timeout=30)
+        while not self._stop.is_set():
+            conn.execute("INSERT INTO counter (t) VALUES (?)", (time.time(),))
+            conn.commit()
+            self.n += 1
+            time.sleep(0.005)
+        conn.close()
+
+    def __enter__(self) -> CounterApp:
+        self._t.start()
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def provision(c: Coordinator, vol_path: Path, repo_url: str, *, provider: str = "copy") -> dict[str, str]:
+    h, _tok = c.create_host("h1", "local")
+    c.registry.heartbeat("h1", None, "0.1.0")
+    c.resources.create_volume("h1", "v1", str(vol_path), provider)
+    a = c.create_app("h1", "counter", "sqlite", str(vol_path), "v1", {"db": "app.db"}, {})
+    c.create_repository("r1", repo_url, "pw-CANARY-repo-7f3a", True, {})
+    c.resources.create_protection_set("ps1", ["counter"], [])
+    return {"host": h["id"], "app": a["id"]}

@@ -1,0 +1,165 @@
+"""Backup edge cases: missing paths, files that vanish, progress, aborts, sparse fixed blocks, CDC ranges."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.repo.test_data_support import make_repo
+
+from frieze.core.errors import NotFound
+from frieze.repo.backup import backup
+from frieze.repo.browse import resolve
+from frieze.repo.chunking import FixedBlocks
+from frieze.repo.progress import Progress
+from frieze.repo.restore import restore
+
+
+@pytest.fixture(name="repo")
+def _repo() -> Any:
+    return make_repo()
+
+
+def test_missing_path_changes_nothing(tmp_path: Path, repo: Any) -> None:
+    with pytest.raises(NotFound, match="does not exist"):
+        backup(repo, [str(tmp_path / "nope")], host="h")
+    assert repo.list_snapshots() == []
+
+
+def test_vanished_file_is_a_warning_not_a_failure(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep").write_bytes(b"k")
+    (src / "gone").write_bytes(b"g")
+
+    def opener(path: bytes) -> int:
+        if path.endswith(b"/gone"):
+            raise FileNotFoundError(2, "No such file or directory")
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+    res = backup(repo, [str(src)], host="h", open_file=opener)
+    assert any("gone" in w for w in res.stats.warnings)
+    out = tmp_path / "out"
+    restore(repo, res.snapshot_id, out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep"]
+    assert repo.load_snapshot(res.snapshot_id).stats["warnings_count"] == 1
+
+
+def test_progress_events_and_abort(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(100_000))
+    events: list[Progress] = []
+    res = backup(repo, [str(src)], host="h", progress=events.append)
+    assert events[-1].done and events[-1].bytes_done == events[-1].bytes_total == 500_000
+    assert events[-1].files_total == 5
+    assert all(a.bytes_done <= b.bytes_done for a, b in itertools.pairwise(events))
+
+    def boom(p: Progress) -> None:
+        raise RuntimeError("stop")
+
+    (src / "f0").write_bytes(b"changed")
+    with pytest.raises(RuntimeError):
+        backup(repo, [str(src)], host="h", progress=boom)
+    assert [s.id for s in repo.list_snapshots()] == [res.snapshot_id]  # nothing committed
+
+
+def test_sparse_fixed_block_file(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "vol"
+    src.mkdir()
+    with open(src / "disk.img", "wb") as f:
+        f.truncate(32 << 20)
+        f.seek(5 << 20)
+        f.write(os.urandom(100_000))
+    res = backup(repo, [str(src)], host="h", fixed_block_globs={"*.img": FixedBlocks(4096, 1 << 20)})
+    node, _ = resolve(repo, res.tree, "disk.img")
+    assert node is not None and node.block_size == 1 << 20 and len(node.extents) == 32
+    assert [i for i, e in enumerate(node.extents) if e.id is not None] == [5]  # 31 hole extents
+    assert res.stats.bytes_read == 1 << 20
+    out = tmp_path / "out"
+    restore(repo, res.snapshot_id, out)
+    assert (out / "disk.img").read_bytes() == (src / "disk.img").read_bytes()
+    assert os.stat(out / "disk.img").st_blocks * 512 <= 2 << 20
+
+
+def test_ranges_on_a_cdc_file_read_it_whole(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(1 << 20))
+    backup(repo, [str(src)], host="h")
+    with open(src / "f", "r+b") as fh:
+        fh.write(b"xx")
+    res = backup(repo, [str(src)], host="h", changed_ranges={"f": [(0, 2)]})
+    assert res.stats.bytes_read == 1 << 20 and res.stats.chunks_new >= 1
+    # [] for an unchanged-size CDC file: the caller says nothing changed, nothing is read
+    os.utime(src / "f", ns=(1, 2))
+    res2 = backup(repo, [str(src)], host="h", changed_ranges={"f": []})
+    assert res2.stats.bytes_read == 0
+
+
+def test_restore_twice_into_the_same_target(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d/f").write_bytes(b"data")
+    os.link(src / "d/f", src / "h")
+    os.symlink("d/f", src / "s")
+    res = backup(repo, [str(src)], host="h")
+    out = tmp_path / "out"
+    restore(repo, res.snapshot_id, out)
+    (out / "d/f").write_bytes(b"local edit")
+    r2 = restore(repo, res.snapshot_id, out)
+    assert (out / "d/f").read_bytes() == b"data" and (out / "h").read_bytes() == b"data"
+    assert os.stat(out / "h").st_ino == os.stat(out / "d/f").st_ino
+    assert os.readlink(out / "s") == "d/f"
+    assert r2.stats.files == 1 and r2.stats.hardlinks == 1
+    assert json.loads(json.dumps(r2.to_dict()))["stats"]["files"] == 1
+    assert json.loads(json.dumps(res.to_dict()))["snapshot"] == res.snapshot_id
+    assert restore(repo, res.snapshot_id, out, verify=True).stats.mismatches == []
+
+
+def test_file_changing_while_read_is_a_warning(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(2_000_000))
+
+    def opener(path: bytes) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with open(path, "ab") as f:  # a writer appends just as the backup opens it
+            f.write(b"more")
+        return fd
+
+    res = backup(repo, [str(src)], host="h", open_file=opener)
+    assert any("changed while it was read" in w for w in res.stats.warnings)
+
+
+def test_directory_swapped_for_a_symlink_mid_walk_is_not_followed(tmp_path: Path, repo: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import frieze.repo.backup as backup_mod
+
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "a").mkdir(parents=True)
+    (src / "a/x").write_bytes(b"x")
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    real = backup_mod.read_xattrs
+
+    def racing(path: bytes | int) -> list[tuple[bytes, bytes]]:
+        out = real(path)
+        if isinstance(path, bytes) and path.endswith(b"/a") and not os.path.islink(path):
+            os.rename(path, path + b".old")  # after the lstat of "a", before it is opened
+            os.symlink(outside, path)
+        return out
+
+    monkeypatch.setattr(backup_mod, "read_xattrs", racing)
+    res = backup(repo, [str(src)], host="h")
+    # O_DIRECTORY|O_NOFOLLOW refuses the symlink (ENOTDIR), or the opened inode is not the stat'ed one.
+    assert any(w.endswith("src/a: Not a directory") or "replaced during backup" in w
+               for w in res.stats.warnings), res.stats.warnings
+    from frieze.repo.browse import ls
+
+    assert [e.path for e in ls(repo, res.snapshot_id, "", recursive=True)] == ["a"]

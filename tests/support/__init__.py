@@ -1,0 +1,1 @@
+"""Helpers shared by tests: private engine instances, loop file systems, S3 server."""
