@@ -18,7 +18,7 @@ from frieze.api.app import create_app
 from frieze.coordinator.config import CoordinatorConfig
 from frieze.coordinator.service import Coordinator
 from tests.coordinator.local_port import LocalPort
-from tests.coordinator.support import Stores, cheap_params
+from tests.coordinator.support import cheap_params
 
 
 def main() -> None:
@@ -32,7 +32,6 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     c = Coordinator(CoordinatorConfig(state_dir=state, scheduler=False, on_checkpoint=hook))
-    c.repos.store_opener = Stores(state.parent)
     c.repos.init_params = cheap_params()
     lp = LocalPort("h1", snaps)
     c.agents.set_factory(lambda host: lp)

@@ -1,4 +1,4 @@
-"""Fixtures' helpers: an in-process coordinator with its engine, a real SQLite app, an in-memory repository."""
+"""Fixtures' helpers: an in-process coordinator with its engine, a real SQLite app, a local repository."""
 
 from __future__ import annotations
 
@@ -21,93 +21,9 @@ def cheap_params() -> Any:
     return RepoParams(kdf=KdfParams.cheap_for_tests(), pack_size=256 * 1024)
 
 
-class DirStore:
-    """A write-once directory blob store for tests (used only until frieze.repo.blobstore.local exists)."""
-
-    def __init__(self, root: Path) -> None:
-        from frieze.repo.blobstore.base import Capabilities
-
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.capabilities = Capabilities(name="testdir")
-        self.append_only = False
-
-    def _p(self, key: str) -> Path:
-        from frieze.repo.blobstore.base import check_key
-
-        return self.root / check_key(key)
-
-    def put(self, key: str, data: Any) -> None:
-        import os
-
-        from frieze.core.errors import AlreadyExists
-
-        p = self._p(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + f".tmp{os.getpid()}{threading.get_ident()}")
-        tmp.write_bytes(bytes(data))
-        try:
-            os.link(tmp, p)
-        except FileExistsError:
-            raise AlreadyExists(f"blob {key} exists", key=key) from None
-        finally:
-            tmp.unlink()
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        from frieze.core.errors import NotFound
-
-        try:
-            d = self._p(key).read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"blob {key} not found", key=key) from None
-        return d[offset:] if length is None else d[offset:offset + length]
-
-    def stat(self, key: str) -> Any:
-        from frieze.repo.blobstore.base import BlobInfo
-
-        p = self._p(key)
-        if not p.exists():
-            return None
-        st = p.stat()
-        return BlobInfo(key, st.st_size, st.st_mtime)
-
-    def list(self, prefix: str = "") -> Any:
-        from frieze.repo.blobstore.base import BlobInfo
-
-        for f in self.root.rglob("*"):
-            if f.is_file() and ".tmp" not in f.name:
-                k = f.relative_to(self.root).as_posix()
-                if k.startswith(prefix):
-                    st = f.stat()
-                    yield BlobInfo(k, st.st_size, st.st_mtime)
-
-    def delete(self, key: str) -> None:
-        self._p(key).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        pass
-
-
-class Stores:
-    """Blob stores by URL that persist across opens within one test (the local store when it exists)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.by_url: dict[str, Any] = {}
-
-    def __call__(self, url: str, s3: dict[str, str]) -> Any:
-        try:
-            from frieze.repo.blobstore.local import LocalBlobStore
-
-            return LocalBlobStore(Path(url.removeprefix("file://")))
-        except ImportError:
-            return DirStore(Path(url.removeprefix("file://")))
-
-
 @contextmanager
 def coordinator(tmp: Path, port: LocalPort | None = None, **cfg: Any) -> Iterator[Coordinator]:
     c = Coordinator(CoordinatorConfig(state_dir=tmp / "state", scheduler=False, **cfg))
-    c.repos.store_opener = Stores(tmp)
     c.repos.init_params = cheap_params()
     if port is not None:
         c.agents.set_factory(lambda host: port)

@@ -44,6 +44,7 @@ def test_backup_restore_application_consistent(tmp_path: Path) -> None:
         acc2 = c.submit_restore(rp["id"], None, None, str(target), [], False)
         st2 = c.engine.wait(acc2["operation_id"], timeout=120)
         assert st2.state.value == "complete", st2.error
+        restored = (target / "app.db").read_bytes()  # before SQLite opens it (a WAL would be folded in)
         ok, n = _count(target / "app.db")
         assert ok == "ok" and 0 < n <= n_before
         from prometheus_client import generate_latest
@@ -63,7 +64,7 @@ def test_backup_restore_application_consistent(tmp_path: Path) -> None:
         names = {e["path"]: e for e in c.list_files(rp["id"], None, "", False)}
         assert "app.db" in names and names["app.db"]["type"] == "file"
         size, chunks = c.read_file(rp["id"], "v1", "app.db")
-        assert b"".join(chunks) == (target / "app.db").read_bytes() and size == names["app.db"]["size"]
+        assert b"".join(chunks) == restored and size == names["app.db"]["size"]
         # a second restore to the same (now non-empty) place is refused at once and changes nothing
         mtime = (target / "app.db").stat().st_mtime_ns
         n_ops = len(c.engine.list())

@@ -20,20 +20,22 @@ app = typer.Typer(
 #: (command name, module). Each module defines ``app``.
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("repo", "frieze.cli.repo"),
-    ("bench", "frieze.cli.bench"),
-    ("agent", "frieze.cli.agent"),
     ("server", "frieze.cli.server"),
+    ("agent", "frieze.cli.agent"),
+    ("host", "frieze.cli.hosts"),
+    ("app", "frieze.cli.apps"),
+    ("volume", "frieze.cli.volumes"),
+    ("repository", "frieze.cli.repositories"),
+    ("pset", "frieze.cli.psets"),
+    ("policy", "frieze.cli.policies"),
+    ("restore-point", "frieze.cli.restore_points"),
+    ("token", "frieze.cli.tokens"),
     ("op", "frieze.cli.ops"),
+    ("bench", "frieze.cli.bench"),
 ]
 
 for _name, _mod in SUBCOMMANDS:
-    try:
-        _m = importlib.import_module(_mod)
-    except ModuleNotFoundError as e:  # a group whose module is not written yet
-        if e.name != _mod:
-            raise
-        continue
-    app.add_typer(_m.app, name=_name)
+    app.add_typer(importlib.import_module(_mod).app, name=_name)
 
 
 def main() -> None:

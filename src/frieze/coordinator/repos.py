@@ -22,36 +22,24 @@ from frieze.core.errors import FriezeError, NotFound, StorageError, UsageError
 
 def _open_store(url: str, s3: dict[str, str]) -> Any:
     """The blob store for ``url``: ``file:///path`` (or a plain absolute path) or
-    ``s3://bucket/prefix?endpoint=https://...&region=...`` with the sealed S3 keys. Uses the repository's
-    registry (``frieze.repo.blobstore.registry.open_store``) when present."""
-    import importlib
-    from urllib.parse import parse_qs, urlsplit
+    ``s3://bucket/prefix?endpoint=https://...&region=...`` with the sealed S3 keys.
 
-    try:
-        reg: Any = importlib.import_module("frieze.repo.blobstore.registry")
-    except ImportError:
-        reg = None
+    The coordinator accepts only absolute locations: a relative path would resolve against the server's
+    working directory, which no caller can see or predict."""
+    from urllib.parse import urlsplit
+
+    from frieze.repo.blobstore.registry import open_store
+
     if url.startswith("/"):
         url = "file://" + url
+    parts = urlsplit(url)
+    if "://" not in url or parts.scheme not in ("file", "s3"):
+        raise UsageError(f"repository URL {url!r}: use file:///absolute/path, an absolute path or "
+                         "s3://bucket/prefix", url=url)
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise UsageError(f"repository URL {url!r} needs an absolute path", url=url)
     try:
-        if reg is not None:
-            return reg.open_store(url, **s3) if s3 else reg.open_store(url)
-        parts = urlsplit(url)
-        if parts.scheme == "file":
-            from frieze.repo.blobstore.local import LocalBlobStore
-
-            if not parts.path.startswith("/"):
-                raise UsageError(f"repository URL {url!r} needs an absolute path", url=url)
-            return LocalBlobStore(parts.path)
-        if parts.scheme == "s3":
-            from frieze.repo.blobstore.s3 import S3BlobStore
-
-            q = {k: v[0] for k, v in parse_qs(parts.query).items()}
-            creds = {"access_key_id": s3["access_key_id"], "secret_access_key": s3["secret_access_key"]} \
-                if "access_key_id" in s3 and "secret_access_key" in s3 else None
-            return S3BlobStore(parts.netloc, prefix=parts.path.strip("/"), endpoint_url=q.get("endpoint"),
-                               region=q.get("region"), credentials=creds)
-        raise UsageError(f"repository URL {url!r}: the scheme must be file or s3", url=url)
+        return open_store(url, **s3) if s3 else open_store(url)
     except FriezeError:
         raise
     except TypeError as e:
