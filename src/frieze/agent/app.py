@@ -210,7 +210,8 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
         check_not_running(t, False)
 
         def run() -> Outcome:
-            removed = snapdata.remove_target(t)
+            with host.io_on(t, f"remove {t}"):
+                removed = snapdata.remove_target(t)
             return removed, (f"removed {t}" if removed else f"{t} does not exist"), {}
 
         return submit("remove_target", f"path:{t}", run, key)
@@ -238,9 +239,13 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
                 while b := spool.read(1 << 20):
                     yield b
 
-            out: dict[str, Any] = await run_in_threadpool(
-                snapdata.put_entry, t, path, type, chunks(), mode=mode, digest=digest, link=link,
-                mtime_ns=mtime_ns, force=force)
+            def put() -> dict[str, Any]:
+                with host.io_on(t, f"restore into {t}"):
+                    res: dict[str, Any] = snapdata.put_entry(t, path, type, chunks(), mode=mode, digest=digest,
+                                                             link=link, mtime_ns=mtime_ns, force=force)
+                    return res
+
+            out: dict[str, Any] = await run_in_threadpool(put)
             return out
 
     @app.post("/v1/restore/tar", status_code=202, response_model=Task)
@@ -262,7 +267,8 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
 
         def run() -> Outcome:
             try:
-                res = snapdata.extract_tar(tmp, t, force=force)
+                with host.io_on(t, f"restore into {t}"):
+                    res = snapdata.extract_tar(tmp, t, force=force)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

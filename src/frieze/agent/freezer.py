@@ -28,6 +28,7 @@ class Freezer(Protocol):
     def unquiesce(self, spec: AppSpec, *, epoch: int) -> tuple[bool, str, dict[str, Any]]: ...
     def describe(self) -> dict[str, Any] | None: ...
     def held_epoch(self, app: str) -> int | bool | None: ...
+    def is_live(self, app: str) -> bool | None: ...
     def close(self) -> None: ...
 
 
@@ -56,6 +57,9 @@ class InProcessFreezer:
     def held_epoch(self, app: str) -> int | bool | None:
         """False: the plug-in's own status is authoritative (held in this process)."""
         return False
+
+    def is_live(self, app: str) -> bool | None:
+        return None  # cannot tell without the spec; files/script freezes are never held in this process
 
     def close(self) -> None:
         pass
@@ -121,6 +125,13 @@ class GuardianFreezer:
 
     def describe(self) -> dict[str, Any] | None:
         return {"socket": self.socket_path}
+
+    def is_live(self, app: str) -> bool | None:
+        """Does the guardian still hold a freeze of ``app`` (None: the guardian cannot be asked)?"""
+        try:
+            return f"app:{app}" in self._conn().status().get("live", [])
+        except Exception:
+            return None
 
     def held_epoch(self, app: str) -> int | bool | None:
         with self._lock:

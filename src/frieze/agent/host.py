@@ -7,7 +7,15 @@ providers, freeze epochs. Every action is split in two:
 - ``do_*`` performs it (run as a task) and returns ``(changed, message, result)``.
 
 Plug-in instances are kept per kind for the agent's lifetime (a quiesce is held by the instance that made it).
-Freezes go through :class:`frieze.agent.freezer.Freezer` (the guardian when configured).
+Freezes go through :class:`frieze.agent.freezer.Freezer` (the guardian when configured). A freeze of a mount
+(``files``) or a user hook (``script``) is only ever held by the guardian: without one configured such a
+quiesce is refused, so a killed agent can never leave a mount frozen.
+
+The agent's own I/O on a mount and a ``files`` freeze of that mount are serialized by :class:`MountGuard`:
+every write the agent makes (snapshot, delete, restore) registers with the guard for its whole duration and
+is refused while the mount is frozen or being frozen; a freeze first marks the mount (new I/O is refused from
+then on) and then waits until the I/O already running has finished, so nothing the agent does can block on a
+freeze that raced with it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ import json
 import os
 import shutil
 import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -50,6 +61,89 @@ BUILTIN_PROVIDERS = {
     "copy": "frieze.host.providers.copy:CopyProvider",
     "helper": "frieze.host.providers.helper:HelperProvider",
 }
+
+
+#: App kinds whose freeze nothing but the guardian may hold (a mount freeze, arbitrary user hooks).
+GUARDIAN_ONLY_KINDS = frozenset({"files", "script"})
+#: How long a files freeze waits for the agent's running I/O on its mount before it is refused.
+FREEZE_IO_WAIT_S = 60.0
+
+
+@dataclass
+class _MountFreeze:
+    app: str
+    #: monotonic time after which the guardian has certainly thawed it (its lease, plus a margin)
+    deadline: float | None = None
+
+
+class MountGuard:
+    """Serializes the agent's writes to a mount with ``files`` freezes of that mount (see the module doc)."""
+
+    def __init__(self, still_live: Callable[[str], bool | None]) -> None:
+        self._cond = threading.Condition()
+        self._io: dict[str, int] = {}
+        self._frozen: dict[str, _MountFreeze] = {}
+        #: app -> is the guardian still holding its freeze (None: cannot tell)
+        self._still_live = still_live
+
+    def frozen_by(self, mount: str) -> str | None:
+        """The app that holds (or is taking) a freeze of ``mount``, or None. Call with the lock held."""
+        f = self._frozen.get(mount)
+        if f is None:
+            return None
+        if f.deadline is not None and time.monotonic() > f.deadline and self._still_live(f.app) is False:
+            del self._frozen[mount]  # the guardian thawed it when the lease ran out
+            return None
+        return f.app
+
+    def frozen(self) -> dict[str, str]:
+        with self._cond:
+            return {m: a for m in list(self._frozen) if (a := self.frozen_by(m)) is not None}
+
+    @contextlib.contextmanager
+    def io(self, mount: str | None, what: str, path: str) -> Iterator[None]:
+        """Hold ``mount`` busy for one write of the agent; Conflict at once if it is frozen or being frozen."""
+        if mount is None:
+            yield
+            return
+        with self._cond:
+            app = self.frozen_by(mount)
+            if app is not None:
+                raise Conflict(f"{what}: {path} is on mount {mount}, which is frozen by app {app!r}; the agent "
+                               "does no I/O on a frozen mount (unquiesce first, or use the helper provider)",
+                               path=path, mount=mount, app=app)
+            self._io[mount] = self._io.get(mount, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._io[mount] -= 1
+                if not self._io[mount]:
+                    del self._io[mount]
+                self._cond.notify_all()
+
+    def begin_freeze(self, mount: str, app: str, timeout_s: float = FREEZE_IO_WAIT_S) -> None:
+        """Mark ``mount`` as being frozen by ``app`` (new I/O is refused), then wait for the running I/O."""
+        with self._cond:
+            other = self.frozen_by(mount)
+            if other is not None and other != app:
+                raise Conflict(f"mount {mount} is already frozen by app {other!r}", mount=mount, app=other)
+            self._frozen[mount] = _MountFreeze(app)
+            if not self._cond.wait_for(lambda: not self._io.get(mount), timeout_s):
+                del self._frozen[mount]
+                raise Conflict(f"cannot freeze {mount} for app {app!r}: the agent's own I/O on it did not finish "
+                               f"within {timeout_s:.0f} s", mount=mount, app=app)
+
+    def frozen_until(self, mount: str, deadline: float) -> None:
+        with self._cond:
+            f = self._frozen.get(mount)
+            if f is not None:
+                f.deadline = deadline
+
+    def end_freeze(self, mount: str) -> None:
+        with self._cond:
+            self._frozen.pop(mount, None)
+            self._cond.notify_all()
 
 
 def declared_providers() -> dict[str, str]:
@@ -100,6 +194,7 @@ class HostService:
         self._providers: dict[str, SnapshotProvider] = {}
         self._lock = threading.Lock()
         self.freezer: Freezer = make_freezer(cfg, self.plugin)
+        self.mounts = MountGuard(self.freezer.is_live)
         #: (volume, epoch) -> snapshot ids made under that epoch (for the files an unquiesce adds to them)
         self._epoch_snaps: dict[tuple[str, int], set[str]] = {}
 
@@ -183,6 +278,10 @@ class HostService:
 
     def check_quiesce(self, name: str, req: QuiesceRequest) -> AppSpec:
         spec = self.check_app(name, req, "quiesce")
+        if spec.kind in GUARDIAN_ONLY_KINDS and self.freezer.describe() is None:
+            raise NotSupported(f"app {name!r} ({spec.kind}): only the freeze guardian may hold a {spec.kind} freeze "
+                               "(a killed agent must never leave it in place); set guardian_socket in the host "
+                               "configuration", app=name, plugin=spec.kind, call="quiesce")
         self.epochs.check(f"app:{name}", req.epoch, f"quiesce of app {name!r}")
         return spec
 
@@ -219,16 +318,36 @@ class HostService:
         r = self.plugin(spec.kind).recover(spec, target)
         return r.changed, r.message, dict(r.info)
 
+    def _freeze_mount(self, spec: AppSpec) -> str | None:
+        """The mount a ``files`` app freezes (None for other kinds)."""
+        return mount_point(spec.data_dir) if spec.kind == "files" else None
+
     def do_quiesce(self, spec: AppSpec, req: QuiesceRequest) -> Outcome:
         self.epochs.check(f"app:{spec.name}", req.epoch, f"quiesce of app {spec.name!r}")
+        if spec.kind in GUARDIAN_ONLY_KINDS and self.freezer.describe() is None:
+            raise NotSupported(f"app {spec.name!r} ({spec.kind}): only the freeze guardian may hold this freeze",
+                               app=spec.name, plugin=spec.kind, call="quiesce")
         self.epochs.see(self._app_targets(spec.name), req.epoch)
-        changed, info = self.freezer.quiesce(spec, epoch=req.epoch, lease_s=req.lease_s)
+        mount = self._freeze_mount(spec)
+        if mount is not None:
+            self.mounts.begin_freeze(mount, spec.name)  # no agent I/O on it from here; waits for running I/O
+        try:
+            changed, info = self.freezer.quiesce(spec, epoch=req.epoch, lease_s=req.lease_s)
+        except BaseException:
+            if mount is not None and self.freezer.held_epoch(spec.name) in (None, False):
+                self.mounts.end_freeze(mount)
+            raise
+        if mount is not None:
+            self.mounts.frozen_until(mount, time.monotonic() + req.lease_s + 1.0)
         msg = (f"app {spec.name!r} quiesced under epoch {req.epoch} (lease {req.lease_s}s)" if changed
                else f"app {spec.name!r} is already quiesced under epoch {req.epoch}")
         return changed, msg, {"epoch": req.epoch, "lease_s": req.lease_s, "info": info}
 
     def do_unquiesce(self, spec: AppSpec, req: UnquiesceRequest) -> Outcome:
         changed, message, info = self.freezer.unquiesce(spec, epoch=req.epoch)
+        mount = self._freeze_mount(spec)
+        if mount is not None and self.freezer.held_epoch(spec.name) in (None, False):
+            self.mounts.end_freeze(mount)
         lease_expired = bool(info.get("lease_expired"))
         held = info.get("held_ms", info.get("window_ms"))
         added = self._add_snapshot_files(spec.name, req.epoch, info) if not lease_expired else []
@@ -285,40 +404,32 @@ class HostService:
         return v, prov
 
     def frozen_mounts(self) -> dict[str, str]:
-        """Mount point → app name, for every ``files`` app (fsfreeze) currently quiesced on this host."""
-        out: dict[str, str] = {}
-        for app_name, a in self.cfg.apps.items():
-            if a.kind != "files":
-                continue
-            held = self.freezer.held_epoch(app_name)
-            if held is False:
-                held = None
-                with contextlib.suppress(FriezeError):
-                    spec = AppSpec(name=app_name, kind=a.kind, data_dir=a.data_dir, options=dict(a.options))
-                    st = self.plugin(a.kind).status(spec)
-                    held = st.get("epoch") if st.get("quiesced") else None
-            if held not in (None, False):
-                mp = mount_point(a.data_dir)
-                if mp:
-                    out[mp] = app_name
-        return out
+        """Mount point → app name, for every ``files`` app (fsfreeze) frozen (or being frozen) right now."""
+        return self.mounts.frozen()
 
-    def check_not_frozen(self, path: str, what: str, provider: str | None = None) -> None:
-        """Refuse (Conflict) any I/O of the agent on a mount that is fsfrozen right now (it would block, and a
-        blocked writer cannot even be killed). Providers that do no I/O on the volume (helper) may go on."""
-        if provider in NO_IO_PROVIDERS:
-            return
-        frozen = self.frozen_mounts()
-        if not frozen:
-            return
+    @staticmethod
+    def _mount_of_path(path: str) -> str | None:
         existing = os.path.abspath(path)
         while not os.path.exists(existing) and existing != "/":
             existing = os.path.dirname(existing)
-        mp = mount_point(existing)
-        if mp is not None and mp in frozen:
-            raise Conflict(f"{what}: {path} is on mount {mp}, which is frozen by app {frozen[mp]!r}; the agent does "
-                           "no I/O on a frozen mount (unquiesce first, or use the helper provider)",
-                           path=path, mount=mp, app=frozen[mp])
+        return mount_point(existing)
+
+    def check_not_frozen(self, path: str, what: str, provider: str | None = None) -> None:
+        """Refuse (Conflict) any I/O of the agent on a mount that is fsfrozen right now (it would block, and a
+        blocked writer cannot even be killed). Providers that do no I/O on the volume (helper) may go on.
+        A check only: the write itself must run inside :meth:`io_on` (the freeze may come in between)."""
+        with self.io_on(path, what, provider):
+            pass
+
+    @contextlib.contextmanager
+    def io_on(self, path: str, what: str, provider: str | None = None) -> Iterator[None]:
+        """Run one write of the agent under ``path``: refused at once (Conflict) while its mount is frozen, and
+        a ``files`` freeze of that mount waits until it is done."""
+        if provider in NO_IO_PROVIDERS:
+            yield
+            return
+        with self.mounts.io(self._mount_of_path(path), what, path):
+            yield
 
     def check_snapshot(self, name: str, req: SnapshotRequest) -> tuple[VolumeConfig, SnapshotProvider]:
         v, prov = self.check_volume(name)
@@ -349,15 +460,16 @@ class HostService:
         existing = self.find_snapshot(name, req.snap_id)
         if existing is not None:
             return False, f"snapshot {req.snap_id!r} of volume {name!r} already exists", _ref_dict(existing)
-        ref = prov.snapshot(v.path, req.snap_id)
+        with self.io_on(v.path, f"snapshot {req.snap_id!r} of volume {name!r}", v.provider):
+            ref = prov.snapshot(v.path, req.snap_id)
         return True, f"snapshot {req.snap_id!r} of volume {name!r} made by {prov.name}", _ref_dict(ref)
 
     def do_delete_snapshot(self, name: str, snap_id: str) -> Outcome:
         ref = self.find_snapshot(name, snap_id)
         if ref is None:
             return False, f"snapshot {snap_id!r} of volume {name!r} does not exist (nothing to delete)", {}
-        self.check_not_frozen(ref.path, f"delete of snapshot {snap_id!r} of volume {name!r}", ref.provider)
-        self.provider(ref.provider).delete(ref)
+        with self.io_on(ref.path, f"delete of snapshot {snap_id!r} of volume {name!r}", ref.provider):
+            self.provider(ref.provider).delete(ref)
         shutil.rmtree(self.extras_dir(name, snap_id), ignore_errors=True)
         return True, f"snapshot {snap_id!r} of volume {name!r} deleted", {}
 

@@ -36,6 +36,8 @@ class Env:
     server_side_lease: bool
     #: Is the engine-side freeze still in place? (for engines that do not block writers)
     frozen: Callable[[], bool] | None = None
+    #: One write, blocking while the app is frozen (None where the probe is not a single write: script)
+    write: Callable[[], None] | None = None
 
 
 def thread_probe(write: Callable[[], None]) -> Callable[[float], bool]:
@@ -72,7 +74,7 @@ def env_postgres() -> Iterator[Env]:
             return bool(pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'frieze-agent'"
                                " AND backend_type = 'client backend'")[0][0])
 
-        yield Env(registry.load("postgres"), spec, thread_probe(write), False, True, frozen)
+        yield Env(registry.load("postgres"), spec, thread_probe(write), False, True, frozen, write)
 
 
 @contextlib.contextmanager
@@ -90,7 +92,7 @@ def env_mariadb() -> Iterator[Env]:
             finally:
                 c.close()
 
-        yield Env(registry.load("mariadb"), spec, thread_probe(write), True, True)
+        yield Env(registry.load("mariadb"), spec, thread_probe(write), True, True, write=write)
 
 
 @contextlib.contextmanager
@@ -111,7 +113,7 @@ def env_sqlite() -> Iterator[Env]:
             finally:
                 w.close()
 
-        yield Env(registry.load("sqlite"), spec, thread_probe(write), True, False)
+        yield Env(registry.load("sqlite"), spec, thread_probe(write), True, False, write=write)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -129,7 +131,7 @@ def env_redis() -> Iterator[Env]:
             finally:
                 c.close()
 
-        yield Env(registry.load("redis"), spec, thread_probe(write), True, True)
+        yield Env(registry.load("redis"), spec, thread_probe(write), True, True, write=write)
 
 
 @contextlib.contextmanager
@@ -149,7 +151,7 @@ def env_files() -> Iterator[Env]:
                 f.flush()
                 os.fsync(f.fileno())
 
-        yield Env(registry.load("files"), spec, thread_probe(write), True, False)
+        yield Env(registry.load("files"), spec, thread_probe(write), True, False, write=write)
 
 
 WRITER = """

@@ -178,6 +178,9 @@ class PostgresPlugin(PluginBase):
                 "method": "pg_backup_start"}
         return info, _Session(conn)
 
+    #: a dead agent's backup is void: closing its session ends it at once (no wait for the archiver)
+    abort_by_dropping = True
+
     def _engine_release(self, spec: AppSpec, resource: Any, *, expired: bool) -> dict[str, Any]:
         import psycopg
 

@@ -362,7 +362,11 @@ class Guardian:
                     fsfreeze.thaw(f.mount)
                 else:
                     assert f.plugin is not None and f.spec is not None
-                    res = f.plugin.unquiesce(f.spec, epoch=f.epoch)
+                    abort = getattr(f.plugin, "abort", None) if reason != "thawed" else None
+                    # nobody will use what was captured under a freeze whose owner died or whose lease ran
+                    # out: end it the fastest way the plug-in has (PostgreSQL: drop the backup session)
+                    res = (abort(f.spec, epoch=f.epoch) if abort is not None
+                           else f.plugin.unquiesce(f.spec, epoch=f.epoch))
                     info = dict(res.info)
             except Exception as e:
                 err = f"{type(e).__name__}: {e}"
