@@ -112,8 +112,10 @@ def test_z1_agent_killed_while_xfs_frozen(xfs_fs: LoopFs, guardian: str) -> None
     lease = 10.0
     rnd = random.Random(1)
     thaw_ms: list[float] = []
+    frozen_ms: list[float] = []  # from before the freeze was asked for to the observed thaw (an upper bound)
     over_lease = 0
     for i in range(trials):
+        t_start = time.monotonic()
         agent, fid = spawn_agent(guardian, str(xfs_fs.mount), lease, epoch=i + 1)
         w = writer(xfs_fs.mount, f"w{i}")
         try:
@@ -122,7 +124,9 @@ def test_z1_agent_killed_while_xfs_frozen(xfs_fs: LoopFs, guardian: str) -> None
             t0 = time.monotonic()
             agent.kill()
             w.wait(timeout=lease + 5)
-            thaw_ms.append((time.monotonic() - t0) * 1000)
+            t_thaw = time.monotonic()
+            thaw_ms.append((t_thaw - t0) * 1000)
+            frozen_ms.append((t_thaw - t_start) * 1000)
             assert w.returncode == 0
         finally:
             agent.kill()
@@ -132,12 +136,13 @@ def test_z1_agent_killed_while_xfs_frozen(xfs_fs: LoopFs, guardian: str) -> None
                 w.wait()
         rec = wait_thawed(guardian, fid)
         assert rec["thaw_reason"] == "client_gone", rec
-        assert isinstance(rec["window_ms"], float)
-        over_lease += rec["window_ms"] > lease * 1000
+        assert isinstance(rec["window_ms"], float) and rec["window_ms"] <= frozen_ms[-1] + 1, rec
+        over_lease += frozen_ms[-1] > lease * 1000
     p = p99(thaw_ms)
-    print(f"RESULT Z1 target=fsfreeze fs=xfs trials={trials} thaw_after_death_ms_p50="
-          f"{sorted(thaw_ms)[len(thaw_ms) // 2]:.1f} thaw_after_death_ms_p99={p:.1f} "
-          f"max={max(thaw_ms):.1f} over_lease={over_lease}")
+    print(f"RESULT Z1 trials={trials} thaw_after_death_ms_p99={p:.1f} over_lease={over_lease} target=fsfreeze "
+          f"fs=xfs via=guardian-client thaw_after_death_ms_p50={sorted(thaw_ms)[len(thaw_ms) // 2]:.1f} "
+          f"max={max(thaw_ms):.1f} frozen_ms_max={max(frozen_ms):.0f}")
+    assert len(thaw_ms) == trials
     assert p < 2000
     assert over_lease == 0
 
@@ -255,11 +260,12 @@ def _wait_lock_free(path: Path, timeout: float) -> float:
 
 def test_app_quiesce_runs_in_the_guardian_and_survives_nothing(guardian: str, tmp_path: Path) -> None:
     """The plug-in's lock is held by the guardian process; agent death and lease expiry both release it."""
-    trials = 5
-    thaw_ms = []
+    trials, lease = 5, 60.0
+    thaw_ms, frozen_ms = [], []
     lock = tmp_path / "lock"
     for i in range(trials):
-        agent, fid = spawn_agent(guardian, f"app:{tmp_path}", 60, epoch=i + 1)
+        t_start = time.monotonic()
+        agent, fid = spawn_agent(guardian, f"app:{tmp_path}", lease, epoch=i + 1)
         try:
             assert not _lock_free(lock)
             rec = freeze_record(guardian, fid)
@@ -267,13 +273,18 @@ def test_app_quiesce_runs_in_the_guardian_and_survives_nothing(guardian: str, tm
             t0 = time.monotonic()
             agent.kill()
             _wait_lock_free(lock, 5)
-            thaw_ms.append((time.monotonic() - t0) * 1000)
+            t_thaw = time.monotonic()
+            thaw_ms.append((t_thaw - t0) * 1000)
+            frozen_ms.append((t_thaw - t_start) * 1000)
         finally:
             agent.kill()
             agent.wait()
         assert wait_thawed(guardian, fid)["thaw_reason"] == "client_gone"
-    print(f"RESULT Z1 target=app-marker trials={trials} thaw_after_death_ms_p99={p99(thaw_ms):.1f} over_lease=0")
+    over_lease = sum(1 for f in frozen_ms if f > lease * 1000)
+    print(f"RESULT Z1 trials={trials} thaw_after_death_ms_p99={p99(thaw_ms):.1f} over_lease={over_lease} "
+          f"target=app-marker via=guardian-client frozen_ms_max={max(frozen_ms):.0f}")
     assert p99(thaw_ms) < 2000
+    assert over_lease == 0
     spec = AppSpec(name="m", kind="marker", data_dir=str(tmp_path))
     with GuardianClient(guardian) as c:
         f = c.quiesce_app(spec, 0.5, epoch=100)
