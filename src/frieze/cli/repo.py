@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from frieze.cli.repo_support import (
     Bar,
     CountingStore,
+    Markup,
     default_host,
     display,
     emit_json,
     handle_errors,
     human_bytes,
     kv,
+    local_path,
     new_kdf,
     open_repo,
     open_store,
@@ -39,7 +42,7 @@ from frieze.cli.repo_support import (
     table,
     warn,
 )
-from frieze.core.errors import Conflict, IntegrityError, NotFound, UsageError
+from frieze.core.errors import AlreadyExists, Conflict, IntegrityError, NotFound, UsageError
 
 app = typer.Typer(help="The repository on its own: init, backup, restore, ls, snapshots, diff, check, forget, "
                        "prune, copy, keys.", no_args_is_help=True)
@@ -98,6 +101,9 @@ def init(repo: Repo = None, password_file: PasswordFile = None, as_json: Json = 
         raise UsageError(f"--compression-level {compression_level}: use 1..22")
     if not 1 <= pack_size_mib <= 1024:
         raise UsageError(f"--pack-size-mib {pack_size_mib}: use 1..1024")
+    lp = local_path(url)
+    if lp is not None and os.path.exists(os.path.join(lp, "config")):
+        raise AlreadyExists(f"a repository already exists at {lp} (object 'config' is present)", object="config")
     pw = get_password(password_file, confirm=True)
     st = open_store(url, create=True)
     r = Repository.init(st, pw, params=RepoParams(kdf=new_kdf(), compression_level=compression_level,
@@ -214,7 +220,7 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
               + (f", parent {res.parent[:8]}" if res.parent else ", no parent"))
     out.print(f"  {s.files} files, {s.dirs} dirs, {human_bytes(s.bytes_total)} in {s.duration_s:.1f} s "
               f"({human_bytes(rate)}/s); {s.files_unchanged} unchanged, read {human_bytes(s.bytes_read)}, "
-              f"new {human_bytes(s.bytes_new)} in {s.chunks_new} chunks")
+              f"new {human_bytes(s.bytes_new)} in {s.chunks_new} chunks", markup=False)
     for w in s.warnings[:20]:
         warn(w)
     if len(s.warnings) > 20:
@@ -252,9 +258,15 @@ def restore(snapshot: Annotated[str | None, typer.Argument(help="id, prefix, lat
     r = open_repo(repo, password_file)
     ref = _resolve(r, snapshot)
     show = progress_wanted(as_json, quiet, progress)
-    with Bar(show, "verify" if verify else "restore", force_terminal=bool(progress)) as bar:
-        res = do_restore(r, ref, tgt, paths=list(paths) if paths else None, verify=verify,
-                         allow_devices=allow_devices, threads=threads, progress=bar.event if show else None)
+    created = not os.path.lexists(tgt)
+    try:
+        with Bar(show, "verify" if verify else "restore", force_terminal=bool(progress)) as bar:
+            res = do_restore(r, ref, tgt, paths=list(paths) if paths else None, verify=verify,
+                             allow_devices=allow_devices, threads=threads, progress=bar.event if show else None)
+    except BaseException:
+        if created and os.path.isdir(tgt) and not os.listdir(tgt):
+            os.rmdir(tgt)  # a refused restore leaves no trace (an empty target it created itself)
+        raise
     s = res.stats
     failed = IntegrityError(f"{len(s.mismatches)} difference(s) between {res.target} and snapshot "
                             f"{res.snapshot_id[:8]}", snapshot=res.snapshot_id,
@@ -264,8 +276,8 @@ def restore(snapshot: Annotated[str | None, typer.Argument(help="id, prefix, lat
     elif not quiet:
         rate = s.bytes_written / s.duration_s if s.duration_s else 0.0
         verb = "verified against" if verify else "restored into"
-        out.print(f"snapshot [bold]{res.snapshot_id[:8]}[/] {verb} {res.target}: {s.files} files, {s.dirs} dirs, "
-                  f"{s.symlinks} symlinks, {human_bytes(s.bytes_written or s.bytes_verified)} in "
+        out.print(f"snapshot [bold]{res.snapshot_id[:8]}[/] {verb} {escape(res.target)}: {s.files} files, "
+                  f"{s.dirs} dirs, {s.symlinks} symlinks, {human_bytes(s.bytes_written or s.bytes_verified)} in "
                   f"{s.duration_s:.1f} s ({human_bytes(rate)}/s)")
         for w in s.warnings[:20]:
             warn(w)
@@ -294,7 +306,7 @@ def snapshots_cmd(host: Annotated[str | None, typer.Option(help="only this host"
     if as_json:
         emit_json([s.to_dict() for s in sel])
         return
-    table(["id", "time", "host", "tags", "paths"],
+    table(["id", "time", "host", "tags", "paths"],  # cells are plain text (table() escapes)
           [[s.id[:8], s.time.strftime("%Y-%m-%d %H:%M:%S"), s.host, ",".join(s.tags), " ".join(s.paths)]
            for s in sel], title=f"{len(sel)} snapshot(s)")
 
@@ -346,7 +358,7 @@ def diff(a: Annotated[str | None, typer.Argument(help="older snapshot")] = None,
     sign = {"added": "[green]+[/]", "removed": "[red]-[/]", "modified": "[yellow]M[/]"}
     for c in res.changes:
         why = f"  ({', '.join(c.reasons)})" if c.reasons else ""
-        out.print(f"{sign[c.kind]} {c.path}{'/' if c.type == 'dir' else ''}{why}")
+        out.print(f"{sign[c.kind]} {escape(c.path)}{'/' if c.type == 'dir' else ''}{escape(why)}")
     n = res.counts()
     out.print(f"{n['added']} added, {n['removed']} removed, {n['modified']} modified "
               f"({sa.id[:8]} -> {sb.id[:8]})")
@@ -510,7 +522,7 @@ def forget(ids: Annotated[list[str] | None, typer.Argument(help="snapshots to fo
     table(["id", "time", "host", "tags", "decision", "reasons"],
           [[d.id[:8], infos[d.id].time.strftime("%Y-%m-%d %H:%M:%S") if d.id in infos else "",
             infos[d.id].host if d.id in infos else "", ",".join(infos[d.id].tags) if d.id in infos else "",
-            "keep" if d.keep else "[red]remove[/]", "; ".join(d.reasons)] for d in order],
+            "keep" if d.keep else Markup("[red]remove[/]"), "; ".join(d.reasons)] for d in order],
           title="forget (dry run: nothing changed)" if dry_run else "forget")
     n_keep = sum(1 for d in rep.decisions if d.keep)
     out.print(f"{n_keep} kept, {len(rep.removed)} {'would be removed' if dry_run else 'removed'}")
@@ -566,10 +578,13 @@ def copy(snapshots: Annotated[list[str] | None, typer.Argument(help="snapshots t
     for ref in snapshots or []:
         src.load_snapshot(_resolve(src, ref))  # every reference resolves before the destination is touched
     refs = [_resolve(src, ref) for ref in snapshots] if snapshots else None
-    kw = {"what": "destination password", "file_env": "FRIEZE_TO_PASSWORD_FILE", "env": "FRIEZE_TO_PASSWORD",
-          "option": "--to-password-file"}
+
+    def dst_password(confirm: bool) -> str:
+        return get_password(to_password_file, what="destination password", file_env="FRIEZE_TO_PASSWORD_FILE",
+                            env="FRIEZE_TO_PASSWORD", option="--to-password-file", confirm=confirm)
+
     if init_dest:
-        pw = get_password(to_password_file, confirm=True, **kw)
+        pw = dst_password(True)
         dst_store = open_store(dst_url, create=True)
         dst = Repository.init(dst_store, pw, params=RepoParams(kdf=new_kdf(), copy_id_keys_from=src),
                               state_dir=state_dir())
@@ -577,7 +592,7 @@ def copy(snapshots: Annotated[list[str] | None, typer.Argument(help="snapshots t
         dst_store = open_store(dst_url, create=False)
         if dst_store.stat("config") is None:
             raise NotFound(f"no repository at {display(dst_url)} (use --init to create it)", object="config")
-        dst = Repository.open(dst_store, get_password(to_password_file, **kw), state_dir=state_dir())
+        dst = Repository.open(dst_store, dst_password(False), state_dir=state_dir())
     show = progress_wanted(as_json, quiet, progress)
     with Bar(show, "copy", force_terminal=bool(progress)) as bar, polled(
             bar, lambda: (src_store.bytes_read, None, "")):
@@ -652,7 +667,7 @@ def _slot(r: Any, ref: str) -> str:
         raise NotFound(f"key slot {ref!r} does not exist", object=f"keys/{ref}")
     if len(hits) > 1:
         raise UsageError(f"key slot prefix {ref!r} is ambiguous ({len(hits)} matches)")
-    return hits[0]
+    return str(hits[0])
 
 
 @keys_app.command("remove")

@@ -28,18 +28,21 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from frieze.cli.errors import fail
 from frieze.core.errors import (
@@ -52,7 +55,7 @@ from frieze.core.errors import (
     UsageError,
 )
 
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 P = ParamSpec("P")
@@ -90,12 +93,16 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+class Markup(str):
+    """A table cell that is rich markup (every other cell is shown as plain text)."""
+
+
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     t = Table(title=title, show_lines=False)
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*["" if v is None else (v if isinstance(v, Markup) else escape(str(v))) for v in r])
     out.print(t)
 
 
@@ -104,7 +111,8 @@ def kv(data: dict[str, Any], title: str | None = None) -> None:
     t.add_column("field", style="bold")
     t.add_column("value", overflow="fold")
     for k, v in data.items():
-        t.add_row(str(k), "" if v is None else (json.dumps(v, default=str) if isinstance(v, dict | list) else str(v)))
+        text = json.dumps(v, default=str) if isinstance(v, dict | list) else str(v)
+        t.add_row(escape(str(k)), "" if v is None else escape(text))
     out.print(t)
 
 
@@ -117,7 +125,7 @@ def human_bytes(n: float) -> str:
 
 
 def warn(msg: str) -> None:
-    err.print(f"[yellow]warning[/]: {msg}", highlight=False)
+    err.print(f"[yellow]warning[/]: {escape(msg)}", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- location
@@ -278,6 +286,16 @@ def progress_wanted(as_json: bool, quiet: bool, force: bool | None) -> bool:
     return err.is_terminal
 
 
+class _Throughput(ProgressColumn):
+    """Average throughput since the start (rich's own speed column shows '?' until it has samples)."""
+
+    def render(self, task: Task) -> Text:
+        el = task.elapsed or 0.0
+        if el <= 0 or not task.completed:
+            return Text("-- B/s", style="progress.data.speed")
+        return Text(f"{human_bytes(task.completed / el)}/s", style="progress.data.speed")
+
+
 class Bar:
     """A rich progress bar on stderr (bytes, throughput, ETA) fed by the library's progress events."""
 
@@ -292,7 +310,7 @@ class Bar:
         if self.enabled:
             self._prog = Progress(
                 SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TextColumn("{task.fields[files]}"), TimeElapsedColumn(),
+                _Throughput(), TextColumn("{task.fields[files]}"), TimeElapsedColumn(),
                 TextColumn("ETA"), TimeRemainingColumn(), console=self._console, transient=False,
                 refresh_per_second=5)
             self._prog.start()
