@@ -38,6 +38,9 @@ def test_backup_restore_application_consistent(tmp_path: Path) -> None:
         rp = c.resources.get_restore_point(res["restore_point_id"])
         assert rp["consistency"] == "application-consistent"
         assert rp["label"]["freeze"][0]["frozen_ms"] > 0
+        f = rp["label"]["freeze"][0]
+        assert f["quiesce_sent"] <= f["frozen_from"] <= f["frozen_until"] <= f["thawed_by"], f
+        assert rp["label"]["consistent_instant"]["overlap"] is True
         assert not port.frozen
         n_before = app.n
         target = tmp_path / "restored"

@@ -19,9 +19,17 @@ class Strict(BaseModel):
 
 
 # -- requests -----------------------------------------------------------------------------------------
+Limit = Field(default=2, ge=1, le=1000, description="at most this many backups at once (admission)")
+
+
 class HostCreate(Strict):
     name: str = Name
     address: str | None = Field(default=None, max_length=300, description="https://host:port of its agent")
+    max_concurrent: int = Limit
+
+
+class LimitSet(Strict):
+    max_concurrent: int = Field(ge=1, le=1000, description="at most this many backups at once (admission)")
 
 
 class MaintenanceSet(Strict):
@@ -52,6 +60,7 @@ class RepositoryCreate(Strict):
     init: bool = Field(default=False, description="create the repository (else open it and check the password)")
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
+    max_concurrent: int = Limit
 
 
 class ProtectionSetCreate(Strict):
@@ -71,6 +80,10 @@ class PolicyCreate(Strict):
     lease_s: float = Field(default=60.0, gt=0, le=3600)
     retention: dict[str, int | str] = Field(default_factory=dict)
     keep_host_snapshots: int = Field(default=0, ge=0, le=1000)
+    max_per_host: int | None = Field(default=None, ge=1, le=1000,
+                                     description="at most this many such backups at once on each host")
+    max_per_repository: int | None = Field(default=None, ge=1, le=1000,
+                                           description="at most this many such backups at once on the repository")
 
 
 class BackupRequest(Strict):
@@ -117,6 +130,7 @@ class Host(BaseModel):
     agent_version: str | None
     last_heartbeat: str | None
     maintenance: bool
+    max_concurrent: int
     created_at: str
 
 
@@ -151,6 +165,7 @@ class Repository(BaseModel):
     name: str
     url: str
     secrets: list[str]
+    max_concurrent: int
     created_at: str
 
 
@@ -176,6 +191,8 @@ class Policy(BaseModel):
     keep_host_snapshots: int
     enabled: bool
     next_runs: list[str]
+    max_per_host: int | None
+    max_per_repository: int | None
     created_at: str
 
 

@@ -40,6 +40,10 @@ class CoordinatorConfig:
     #: A wheel or sdist of frieze offered to agents older than ``min_agent_version`` before any call.
     agent_dist: Path | None = None
     scheduler: bool = True
+    #: seconds between scheduler passes (ticks due, orphaned claims, agent probes)
+    scheduler_interval_s: float = 5.0
+    #: a claimed tick without an operation for this long is taken over (its winner died before submitting)
+    orphan_after_s: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
     #: Called by the engine after each durable checkpoint: ``hook(op_id, checkpoint)`` (fault tests).
     on_checkpoint: Callable[[str, str], None] | None = None

@@ -43,10 +43,12 @@ class Registry:
     def close(self) -> None:
         pass
 
-    def create_host(self, resources: Resources, name: str, address: str | None) -> tuple[dict[str, Any], str]:
+    def create_host(self, resources: Resources, name: str, address: str | None,
+                    max_concurrent: int = 2) -> tuple[dict[str, Any], str]:
         """Register a host; returns its view and a one-time enrollment token (only its hash is kept)."""
         token = "enr_" + secrets.token_urlsafe(24)
-        view = resources.create_host(name, address, hashlib.sha256(token.encode()).hexdigest())
+        view = resources.create_host(name, address, hashlib.sha256(token.encode()).hexdigest(),
+                                     max_concurrent=max_concurrent)
         return view, token
 
     def new_enrollment_token(self, host_ref: str, ttl_s: float = 3600.0) -> str:

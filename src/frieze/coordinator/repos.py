@@ -39,7 +39,7 @@ def _open_store(url: str, s3: dict[str, str]) -> Any:
     if parts.scheme == "file" and not parts.path.startswith("/"):
         raise UsageError(f"repository URL {url!r} needs an absolute path", url=url)
     try:
-        return open_store(url, **s3) if s3 else open_store(url)
+        return open_store(url, credentials=dict(s3)) if s3 else open_store(url)
     except FriezeError:
         raise
     except TypeError as e:
@@ -76,13 +76,13 @@ class Repos:
         self._lock = threading.Lock()
 
     def register(self, resources: Resources, name: str, url: str, password: str, init: bool,
-                 s3: dict[str, str]) -> dict[str, Any]:
+                 s3: dict[str, str], max_concurrent: int = 2) -> dict[str, Any]:
         """Open or create the repository first; record it (and seal its secrets) only if that worked."""
         resources.check_repository_name_free(name)
         if not password:
             raise UsageError("a repository password must not be empty")
         repo = open_repo(self.store_opener(url, s3), password, init=init, params=self.init_params)
-        view = resources.create_repository(name, url, sorted(s3))
+        view = resources.create_repository(name, url, sorted(s3), max_concurrent=max_concurrent)
         with self._lock:
             self._cache[view["id"]] = repo
         self.secrets.put(f"repo/{view['id']}/password", password)

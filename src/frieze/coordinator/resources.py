@@ -76,10 +76,17 @@ def _abs(path: str, what: str) -> str:
     return path
 
 
+def _limit(v: int, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1000:
+        raise UsageError(f"{what} must be an integer from 1 to 1000, not {v!r}", limit=what)
+    return v
+
+
 # -- views --------------------------------------------------------------------------------------------
 def host_view(h: Host) -> dict[str, Any]:
     return {"id": h.id, "name": h.name, "address": h.address, "state": h.state, "agent_version": h.agent_version,
-            "last_heartbeat": _t(h.last_heartbeat), "maintenance": h.maintenance, "created_at": _t(h.created_at)}
+            "last_heartbeat": _t(h.last_heartbeat), "maintenance": h.maintenance,
+            "max_concurrent": h.max_concurrent, "created_at": _t(h.created_at)}
 
 
 def volume_view(v: Volume) -> dict[str, Any]:
@@ -95,7 +102,7 @@ def app_view(a: App) -> dict[str, Any]:
 
 def repository_view(r: Repository) -> dict[str, Any]:
     return {"id": r.id, "name": r.name, "url": r.url, "secrets": sorted(["password", *r.secret_refs]),
-            "created_at": _t(r.created_at)}
+            "max_concurrent": r.max_concurrent, "created_at": _t(r.created_at)}
 
 
 def pset_view(p: ProtectionSet) -> dict[str, Any]:
@@ -109,6 +116,7 @@ def policy_view(p: Policy) -> dict[str, Any]:
             "cron": p.cron, "timezone": p.timezone, "consistency": p.consistency,
             "on_quiesce_failure": p.on_quiesce_failure, "lease_s": p.lease_s, "retention": p.retention,
             "keep_host_snapshots": p.keep_host_snapshots, "enabled": p.enabled, "next_runs": nxt,
+            "max_per_host": p.max_per_host, "max_per_repository": p.max_per_repository,
             "created_at": _t(p.created_at)}
 
 
@@ -134,10 +142,11 @@ class Resources:
 
     # -- hosts ----------------------------------------------------------------------------------------
     def create_host(self, name: str, address: str | None, enrollment_token_hash: str | None,
-                    token_ttl_s: float = 3600.0) -> dict[str, Any]:
+                    token_ttl_s: float = 3600.0, max_concurrent: int = 2) -> dict[str, Any]:
         _name(name, "host")
+        _limit(max_concurrent, "max_concurrent")
         with self.catalog.session() as s:
-            h = Host(id=new_id("host"), name=name, address=address, state="pending")
+            h = Host(id=new_id("host"), name=name, address=address, state="pending", max_concurrent=max_concurrent)
             self._add(s, h, "host", name)
             if enrollment_token_hash:
                 s.add(EnrollmentToken(id=new_id("enr"), host_id=h.id, token_hash=enrollment_token_hash,
@@ -151,6 +160,14 @@ class Resources:
     def get_host(self, ref: str) -> dict[str, Any]:
         with self.catalog.session() as s:
             return host_view(resolve(s, Host, ref, "host"))
+
+    def set_host_limit(self, ref: str, max_concurrent: int) -> dict[str, Any]:
+        """How many backups may touch the host at once (admission, coordinator.limits)."""
+        _limit(max_concurrent, "max_concurrent")
+        with self.catalog.session() as s:
+            h = resolve(s, Host, ref, "host")
+            h.max_concurrent = max_concurrent
+            return host_view(h)
 
     def set_maintenance(self, ref: str, on: bool) -> dict[str, Any]:
         with self.catalog.session() as s:
@@ -212,13 +229,22 @@ class Resources:
             return [app_view(a) for a in s.scalars(select(App).order_by(App.name))]
 
     # -- repositories ---------------------------------------------------------------------------------
-    def create_repository(self, name: str, url: str, secret_keys: list[str]) -> dict[str, Any]:
+    def create_repository(self, name: str, url: str, secret_keys: list[str], max_concurrent: int = 2) -> dict[str, Any]:
         _name(name, "repository")
+        _limit(max_concurrent, "max_concurrent")
         rid = new_id("repo")
         with self.catalog.session() as s:
             r = Repository(id=rid, name=name, url=url, password_ref=f"repo/{rid}/password",
-                           secret_refs={k: f"repo/{rid}/{k}" for k in secret_keys})
+                           secret_refs={k: f"repo/{rid}/{k}" for k in secret_keys}, max_concurrent=max_concurrent)
             self._add(s, r, "repository", name)
+            return repository_view(r)
+
+    def set_repository_limit(self, ref: str, max_concurrent: int) -> dict[str, Any]:
+        """How many backups may write the repository at once (admission, coordinator.limits)."""
+        _limit(max_concurrent, "max_concurrent")
+        with self.catalog.session() as s:
+            r = resolve(s, Repository, ref, "repository")
+            r.max_concurrent = max_concurrent
             return repository_view(r)
 
     def list_repositories(self) -> list[dict[str, Any]]:
@@ -258,8 +284,12 @@ class Resources:
     # -- policies -------------------------------------------------------------------------------------
     def create_policy(self, name: str, protection_set: str, repository: str, cron: str | None, timezone: str,
                       consistency: str, on_quiesce_failure: str, lease_s: float, retention: dict[str, Any],
-                      keep_host_snapshots: int) -> dict[str, Any]:
+                      keep_host_snapshots: int, max_per_host: int | None = None,
+                      max_per_repository: int | None = None) -> dict[str, Any]:
         _name(name, "policy")
+        for v, what in ((max_per_host, "max_per_host"), (max_per_repository, "max_per_repository")):
+            if v is not None:
+                _limit(v, what)
         if cron is not None:
             check_cron(cron)
         check_timezone(timezone)
@@ -275,7 +305,8 @@ class Resources:
             repo = resolve(s, Repository, repository, "repository")
             p = Policy(id=new_id("pol"), name=name, protection_set_id=ps.id, repository_id=repo.id, cron=cron,
                        timezone=timezone, consistency=consistency, on_quiesce_failure=on_quiesce_failure,
-                       lease_s=lease_s, retention=retention, keep_host_snapshots=keep_host_snapshots)
+                       lease_s=lease_s, retention=retention, keep_host_snapshots=keep_host_snapshots,
+                       max_per_host=max_per_host, max_per_repository=max_per_repository)
             self._add(s, p, "policy", name)
             return policy_view(p)
 

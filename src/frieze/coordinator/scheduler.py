@@ -4,9 +4,19 @@ Every ``interval_s`` each coordinator looks at every enabled policy with a cron 
 ticks due since ``max(policy creation, now - catch_up_s)`` in the policy's time zone (DST handled by
 croniter, see policies.py), and for each tick tries to insert ``schedule_runs(policy_id, tick)``. The primary
 key lets exactly one coordinator win the tick; only the winner submits the backup (with the tick in its
-arguments, so the engine's duplicate detection also folds a re-submit after a crash) and records the id.
-A claimed tick whose submit did not happen (the winner died in between) is submitted by whoever sees it
-without an ``op_id`` after ``orphan_after_s``.
+arguments, so the engine's duplicate detection folds a second submit while the first is active) and
+records the id.
+
+Exactly once, also when the winner dies or stalls between claim and submit:
+
+1. the first task of the backup *binds* the operation to its tick (``op_id`` set where it is still NULL,
+   :meth:`Coordinator.bind_schedule_run`); an operation that finds the tick bound to another one stops
+   there with a ``conflict`` before it touches any app, so at most one backup per tick ever runs;
+2. a claim still without ``op_id`` after ``orphan_after_s`` is an orphan: a coordinator takes it over with a
+   compare-and-set on ``claim_no`` (one coordinator wins each takeover) and submits; if the original
+   operation exists and is still queued, the engine folds the submit into it (same arguments); if it ran,
+   it bound the tick and the row is no orphan;
+3. the submitter records the operation id only where none is recorded yet (never over a bound one).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from frieze.coordinator.catalog.models import Policy, ScheduleRun
@@ -97,22 +107,36 @@ class Scheduler:
         except FriezeError as e:
             log.warning("scheduled_backup_refused", policy=name, tick=tick, code=e.code, message=e.message)
             acc = {"operation_id": f"refused:{e.code}"}
+        op_id = str(acc["operation_id"])
         with self.coord.catalog.session() as s:
-            row = s.get(ScheduleRun, (policy_id, tick))
-            if row is not None:
-                row.op_id = acc["operation_id"]
-        log.info("scheduled_backup", policy=name, tick=tick, operation_id=acc["operation_id"])
-        return str(acc["operation_id"])
+            s.execute(update(ScheduleRun).where(ScheduleRun.policy_id == policy_id, ScheduleRun.tick == tick,
+                                                ScheduleRun.op_id.is_(None)).values(op_id=op_id))
+        log.info("scheduled_backup", policy=name, tick=tick, operation_id=op_id)
+        return op_id
 
     def _orphans(self, policy_id: str, name: str, pset: str, at: datetime) -> list[str]:
         out = []
         limit = at - timedelta(seconds=self.orphan_after_s)
         with self.coord.catalog.session() as s:
-            rows = [(r.tick, r.created_at) for r in s.scalars(
+            rows = [(r.tick, r.created_at, r.claim_no) for r in s.scalars(
                 select(ScheduleRun).where(ScheduleRun.policy_id == policy_id, ScheduleRun.op_id.is_(None)))]
-        for tick, created in rows:
-            if created.replace(tzinfo=created.tzinfo or UTC) < limit:
-                op = self._submit(policy_id, name, pset, tick)
-                if op:
-                    out.append(op)
+        for tick, created, claim_no in rows:
+            if created.replace(tzinfo=created.tzinfo or UTC) >= limit:
+                continue
+            if not self._take_over(policy_id, tick, claim_no):
+                continue  # another coordinator took it over first (or it was submitted meanwhile)
+            log.warning("scheduled_tick_orphaned", policy=name, tick=tick, claim=claim_no + 1)
+            op = self._submit(policy_id, name, pset, tick)
+            if op:
+                out.append(op)
         return out
+
+    def _take_over(self, policy_id: str, tick: str, claim_no: int) -> bool:
+        """Compare-and-set an orphaned claim to this coordinator (its age restarts, so a slow submit is not
+        taken over again at once). Exactly one of several coordinators seeing the same orphan wins."""
+        with self.coord.catalog.session() as s:
+            n = s.connection().execute(update(ScheduleRun).where(
+                ScheduleRun.policy_id == policy_id, ScheduleRun.tick == tick, ScheduleRun.op_id.is_(None),
+                ScheduleRun.claim_no == claim_no).values(
+                claim_no=claim_no + 1, claimed_by=self.coord.config.executor_id, created_at=now())).rowcount
+        return bool(n)

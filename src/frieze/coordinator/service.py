@@ -27,10 +27,11 @@ from frieze.coordinator.catalog.models import (
     ProtectionSet,
     Repository,
     RestorePoint,
+    ScheduleRun,
     Volume,
 )
 from frieze.coordinator.config import CoordinatorConfig
-from frieze.coordinator.metrics import HOSTS, OPS_SUBMITTED
+from frieze.coordinator.metrics import HOSTS, OPS_FINISHED, OPS_SUBMITTED
 from frieze.coordinator.mover import Mover
 from frieze.coordinator.registry import Registry
 from frieze.coordinator.repos import Repos
@@ -58,6 +59,8 @@ class Coordinator:
         self.agents = AgentDirectory(self._protocol_factory())
         self.mover = Mover(config.staging_dir)
         self._lock = threading.Lock()
+        self._finished_lock = threading.Lock()
+        self._counted: set[str] = set()
         self.engine: Any = None
         self.scheduler: Any = None
         if self.tokens.bootstrap(config.admin_token_file):
@@ -79,10 +82,13 @@ class Coordinator:
 
         self.engine = make_engine(self.config)
         self.engine.start()
+        with self._finished_lock:  # operations final before this process: not counted again
+            self._counted = {st.id for st in self.engine.list(limit=1000) if st.state.final}
         if self.config.scheduler:
             from frieze.coordinator.scheduler import Scheduler
 
-            self.scheduler = Scheduler(self)
+            self.scheduler = Scheduler(self, interval_s=self.config.scheduler_interval_s,
+                                       orphan_after_s=self.config.orphan_after_s)
             self.scheduler.start()
 
     def close(self) -> None:
@@ -150,15 +156,38 @@ class Coordinator:
 
         return CertificateAuthority.create(self.config.ca_dir).fingerprint
 
+    def count_finished(self, statuses: list[Any] | None = None, *, unowned: bool = False) -> int:
+        """Count operations that finished on this coordinator in ``frieze_operations_finished_total`` once
+        each (operations final before this process started are not counted). ``statuses``: the ones to look
+        at (default: the 500 newest); ``unowned``: also those no coordinator ran (canceled while queued, by
+        this one). Returns how many were counted now."""
+        if self.engine is None:
+            return 0
+        sts = statuses if statuses is not None else self.engine.list(limit=500)
+        n = 0
+        with self._finished_lock:
+            for st in sts:
+                if not st.state.final or st.id in self._counted:
+                    continue
+                if st.executor_id != self.config.executor_id and not (unowned and st.executor_id is None):
+                    continue  # another coordinator ran it and counts it
+                self._counted.add(st.id)
+                OPS_FINISHED.labels(st.type, st.state.value).inc()
+                n += 1
+            if len(self._counted) > 20000 and statuses is None:
+                self._counted &= {st.id for st in sts}
+        return n
+
     def refresh_gauges(self) -> None:
+        self.count_finished()
         with self.catalog.session() as s:
             counts = {st: n for st, n in s.execute(select(Host.state, func.count()).group_by(Host.state))}
         for st in ("pending", "online", "offline", "maintenance"):
             HOSTS.labels(st).set(counts.get(st, 0))
 
     # -- provisioning with secrets --------------------------------------------------------------------
-    def create_host(self, name: str, address: str | None) -> tuple[dict[str, Any], str]:
-        return self.registry.create_host(self.resources, name, address)
+    def create_host(self, name: str, address: str | None, max_concurrent: int = 2) -> tuple[dict[str, Any], str]:
+        return self.registry.create_host(self.resources, name, address, max_concurrent)
 
     def create_app(self, host: str, name: str, kind: str, data_dir: str, volume: str | None,
                    options: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
@@ -168,11 +197,11 @@ class Coordinator:
         return view
 
     def create_repository(self, name: str, url: str, password: str, init: bool,
-                          s3: dict[str, str]) -> dict[str, Any]:
-        return self.repos.register(self.resources, name, url, password, init, s3)
+                          s3: dict[str, str], max_concurrent: int = 2) -> dict[str, Any]:
+        return self.repos.register(self.resources, name, url, password, init, s3, max_concurrent)
 
-    def create_policy(self, *args: Any) -> dict[str, Any]:
-        return self.resources.create_policy(*args)
+    def create_policy(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.resources.create_policy(*args, **kwargs)
 
     def next_epoch(self) -> int:
         """A new freeze epoch, strictly greater than every earlier one (one catalog transaction)."""
@@ -227,14 +256,58 @@ class Coordinator:
         return self._accepted(op_id)
 
     def _backup_resources(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Admission: per repository, per host (when the set is on one host), one backup per volume."""
+        """Admission (coordinator.limits): one backup per volume at a time, and one slot of each host of the
+        set and of the repository, within the effective limits of the hosts, the repository and the policy."""
+        from frieze.coordinator.limits import choose_slots, effective
+
         with self.catalog.session() as s:
             ps = s.get(ProtectionSet, args["protection_set_id"])
             assert ps is not None
+            pol = s.get(Policy, args["policy_id"]) if args.get("policy_id") else None
+            repo = s.get(Repository, args["repository_id"])
+            assert repo is not None
             vols = [s.get(Volume, v) for v in ps.volume_ids]
-            hosts = sorted({v.host_id for v in vols if v is not None})
-        return {"host": hosts[0] if len(hosts) == 1 else None, "target": args["repository_id"],
-                "exclusive": [f"vol:{v}" for v in sorted(ps.volume_ids)]}
+            apps = [s.get(App, a) for a in ps.app_ids]
+            host_ids = sorted({v.host_id for v in vols if v is not None} | {a.host_id for a in apps if a is not None})
+            wanted = [("host", h.id, effective(h.max_concurrent, pol.max_per_host if pol else None))
+                      for h in (s.get(Host, x) for x in host_ids) if h is not None]
+            wanted.append(("repo", repo.id, effective(repo.max_concurrent, pol.max_per_repository if pol else None)))
+            vol_ids = sorted(ps.volume_ids)
+        slots = choose_slots(wanted, self._active_exclusive("backup"))
+        return {"host": None, "target": args["repository_id"],
+                "exclusive": [f"vol:{v}" for v in vol_ids] + slots}
+
+    def _active_exclusive(self, op_type: str) -> list[list[str]]:
+        """The exclusive resources of every active (queued, running, paused, aborting) operation of a type."""
+        from frieze.engine import OpState
+
+        out: list[list[str]] = []
+        for st in (OpState.QUEUED, OpState.RUNNING, OpState.PAUSED, OpState.ABORTING):
+            out.extend(list(x.resources.exclusive) for x in self._engine().list(state=st, type=op_type, limit=1000))
+        return out
+
+    def bind_schedule_run(self, policy_id: str, tick: str, op_id: str) -> str:
+        """Bind the scheduled run (policy, tick) to ``op_id`` unless another operation holds it already;
+        returns the operation that owns the run (``op_id`` when this one may go on). A run with no claim row
+        (e.g. after the catalog was restored) is claimed here."""
+        from sqlalchemy import update
+        from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+        for _ in range(3):
+            with self.catalog.session() as s:
+                s.execute(update(ScheduleRun).where(ScheduleRun.policy_id == policy_id, ScheduleRun.tick == tick,
+                                                    ScheduleRun.op_id.is_(None)).values(op_id=op_id))
+                row = s.get(ScheduleRun, (policy_id, tick), populate_existing=True)
+                if row is not None and row.op_id is not None:
+                    return row.op_id
+            try:
+                with self.catalog.session() as s:
+                    s.add(ScheduleRun(policy_id=policy_id, tick=tick, claimed_by=self.config.executor_id,
+                                      op_id=op_id))
+                return op_id
+            except SAIntegrityError:
+                continue  # claimed meanwhile: bind to it on the next round
+        raise Conflict(f"cannot bind the scheduled run of policy {policy_id} at {tick}", policy=policy_id, tick=tick)
 
     def submit_restore(self, restore_point: str, volume: str | None, target_host: str | None,
                        target_path: str | None, paths: list[str], overwrite: bool) -> dict[str, Any]:
@@ -353,7 +426,10 @@ class Coordinator:
         return d
 
     def operation_status(self, op_id: str) -> dict[str, Any]:
-        return self._status(self._engine().status(op_id))
+        st = self._engine().status(op_id)
+        if st.state.final:
+            self.count_finished([st])
+        return self._status(st)
 
     def list_operations(self, state: str | None, type_: str | None, limit: int) -> list[dict[str, Any]]:
         from frieze.engine import OpState
@@ -368,6 +444,8 @@ class Coordinator:
 
     def cancel_operation(self, op_id: str) -> dict[str, Any]:
         st = self._engine().cancel(op_id)
+        if st.state.final:  # canceled while queued: no coordinator ran it, the one that canceled counts it
+            self.count_finished([st], unowned=True)
         return {"operation_id": op_id, "state": st.state.value}
 
     def operation_logs(self, op_id: str, since: int) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1")
 @router.post("/hosts", status_code=status.HTTP_201_CREATED, response_model=S.HostCreated, dependencies=[Admin],
              tags=["hosts"], summary="Register a host; returns its one-time enrollment token")
 def create_host(body: S.HostCreate, coord: Coord) -> dict[str, Any]:
-    host, token = coord.create_host(body.name, body.address)
+    host, token = coord.create_host(body.name, body.address, body.max_concurrent)
     return {"host": host, "enrollment_token": token}
 
 
@@ -30,6 +30,12 @@ def list_hosts(coord: Coord) -> list[dict[str, Any]]:
 @router.get("/hosts/{host}", response_model=S.Host, dependencies=[ReadOnly], tags=["hosts"])
 def get_host(host: str, coord: Coord) -> dict[str, Any]:
     return coord.resources.get_host(host)
+
+
+@router.put("/hosts/{host}/limits", response_model=S.Host, dependencies=[Admin], tags=["hosts"],
+            summary="How many backups may touch the host at once")
+def set_host_limits(host: str, body: S.LimitSet, coord: Coord) -> dict[str, Any]:
+    return coord.resources.set_host_limit(host, body.max_concurrent)
 
 
 @router.put("/hosts/{host}/maintenance", response_model=S.Host, dependencies=[Operator], tags=["hosts"])
@@ -66,12 +72,19 @@ def create_repository(body: S.RepositoryCreate, coord: Coord) -> dict[str, Any]:
         s3["access_key_id"] = body.s3_access_key_id.get_secret_value()
     if body.s3_secret_access_key is not None:
         s3["secret_access_key"] = body.s3_secret_access_key.get_secret_value()
-    return coord.create_repository(body.name, body.url, body.password.get_secret_value(), body.init, s3)
+    return coord.create_repository(body.name, body.url, body.password.get_secret_value(), body.init, s3,
+                                   body.max_concurrent)
 
 
 @router.get("/repositories", response_model=list[S.Repository], dependencies=[ReadOnly], tags=["repositories"])
 def list_repositories(coord: Coord) -> list[dict[str, Any]]:
     return coord.resources.list_repositories()
+
+
+@router.put("/repositories/{repository}/limits", response_model=S.Repository, dependencies=[Admin],
+            tags=["repositories"], summary="How many backups may write the repository at once")
+def set_repository_limits(repository: str, body: S.LimitSet, coord: Coord) -> dict[str, Any]:
+    return coord.resources.set_repository_limit(repository, body.max_concurrent)
 
 
 @router.post("/protection-sets", status_code=201, response_model=S.ProtectionSet, dependencies=[Admin],
@@ -90,7 +103,8 @@ def list_protection_sets(coord: Coord) -> list[dict[str, Any]]:
 def create_policy(body: S.PolicyCreate, coord: Coord) -> dict[str, Any]:
     return coord.create_policy(body.name, body.protection_set, body.repository, body.cron, body.timezone,
                                body.consistency, body.on_quiesce_failure, body.lease_s, dict(body.retention),
-                               body.keep_host_snapshots)
+                               body.keep_host_snapshots, max_per_host=body.max_per_host,
+                               max_per_repository=body.max_per_repository)
 
 
 @router.get("/policies", response_model=list[S.Policy], dependencies=[ReadOnly], tags=["policies"])

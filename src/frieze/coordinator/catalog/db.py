@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -36,11 +36,18 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+#: key of the PostgreSQL advisory lock that serializes migrations of coordinators starting at once
+_MIGRATION_LOCK = 0x667269657A6531  # "frieze1"
+
+
 def upgrade(engine: Engine) -> None:
-    """Run every Alembic migration up to head (idempotent)."""
+    """Run every Alembic migration up to head (idempotent). On PostgreSQL several coordinators may start
+    at once: a transaction-scoped advisory lock lets one migrate while the others wait, then find it done."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

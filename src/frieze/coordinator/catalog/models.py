@@ -56,7 +56,8 @@ class Host(Base):
     last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
-    max_concurrent: Mapped[int] = mapped_column(Integer, default=1)
+    #: at most this many backups touching this host are admitted at once (coordinator.limits)
+    max_concurrent: Mapped[int] = mapped_column(Integer, default=2)
 
 
 class EnrollmentToken(Base):
@@ -110,6 +111,7 @@ class Repository(Base):
     password_ref: Mapped[str] = mapped_column(String(200))
     #: e.g. {"access_key_id": "<secret name>", "secret_access_key": "<secret name>"}
     secret_refs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: at most this many backups into this repository are admitted at once (coordinator.limits)
     max_concurrent: Mapped[int] = mapped_column(Integer, default=2)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
@@ -141,6 +143,10 @@ class Policy(Base):
     retention: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     keep_host_snapshots: Mapped[int] = mapped_column(Integer, default=0)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: at most this many of this policy's kind of backups at once on each host / on the repository (None: the
+    #: host's and the repository's own ``max_concurrent`` only); see coordinator.limits
+    max_per_host: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_per_repository: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -191,4 +197,6 @@ class ScheduleRun(Base):
     tick: Mapped[str] = mapped_column(String(40), primary_key=True)
     claimed_by: Mapped[str] = mapped_column(String(200))
     op_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: bumped by each takeover of an orphaned claim (compare-and-set: one coordinator wins a takeover)
+    claim_no: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

@@ -4,14 +4,21 @@
     quiesce (every app, every host, one epoch and lease)      ⟶ checkpoint "quiesced"   (undo: unquiesce)
     snapshot → poll_snapshots → unquiesce                     ⟶ checkpoint "snapshotted" (undo: delete_snapshots…)
     move_data → poll_moved                                    ⟶ checkpoint "moved"      (undo: discard_moved…)
-    record_restore_point                                      ⟶ checkpoint "recorded"   (committed: no undo)
-    delete_host_snapshots → apply_retention → report          ⟶ checkpoint "done"
+    record_restore_point                                      ⟶ checkpoint "recorded"   (undo: forget_restore_point…)
+    delete_host_snapshots → apply_retention → report          ⟶ checkpoint "done"       (committed: no undo)
 
-Undo path: discard_moved → delete_snapshots → unquiesce. Every undo task is idempotent and safe after a
-partial forward task: snapshot ids are deterministic (``frieze-<op>-<volume>``) and every app of the plan is
-unquiesced with the plan's epoch, whether or not its quiesce was recorded. The repository holds nothing
-committed for this backup after undo (moved snapshots are forgotten), and the restore point is written in
-one catalog transaction, keyed by the operation id, only after every volume is in the repository.
+Undo path: forget_restore_point → discard_moved → delete_snapshots → unquiesce. Every undo task is idempotent
+and safe after a partial forward task: snapshot ids are deterministic (``frieze-<op>-<volume>``) and every app
+of the plan is unquiesced with the plan's epoch, whether or not its quiesce was recorded. The repository holds
+nothing committed for this backup after undo (moved snapshots are forgotten), and the restore point is written
+in one catalog transaction, keyed by the operation id, only after every volume is in the repository; if that
+segment fails after the row was written, undo deletes the row again before the data is discarded.
+
+Freeze windows: for each app the restore point records the coordinator's wall-clock bounds of its freeze
+(``quiesce_sent``, ``frozen_from`` = the agent confirmed the quiesce, ``frozen_until`` = the thaw was sent,
+``thawed_by`` = the agent confirmed it; one clock for every host) and the window the agent measured
+(``frozen_ms``). Every app was frozen throughout [``frozen_from``, ``frozen_until``]; the label's
+``consistent_instant`` is the intersection of those intervals (empty would mean no common instant).
 
 Honest labels: ``application-consistent`` only when every app of the set was quiesced and thawed inside its
 lease; ``crash-consistent`` when no quiesce was asked for (or the set has no app); ``quiesce-skipped`` with
@@ -22,7 +29,7 @@ before the snapshot was taken fails the backup (LeaseExpired) rather than mislab
 from __future__ import annotations
 
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,7 @@ from frieze.coordinator.metrics import FREEZE_WINDOW, RESTORE_POINTS
 from frieze.coordinator.policies import retention_policy
 from frieze.coordinator.workflows import common as C
 from frieze.core.clock import iso, now
-from frieze.core.errors import FriezeError, LeaseExpired, NotFound, UsageError
+from frieze.core.errors import Conflict, FriezeError, LeaseExpired, NotFound, UsageError
 from frieze.core.ids import new_id
 from frieze.engine import Checkpoint, Resources, TaskContext, Workflow, task
 
@@ -77,6 +84,23 @@ class BackupVars(BaseModel):
 Ctx = TaskContext[BackupArgs, BackupVars]
 
 
+def iso_ms(t: float) -> str:
+    """A wall-clock instant (seconds since the epoch) as RFC 3339 UTC with microseconds."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def consistent_instant(freeze: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The interval during which every app was frozen (the latest ``frozen_from`` to the earliest
+    ``frozen_until``), with ``overlap`` False when there is no common instant; None without freeze times."""
+    starts = [f["frozen_from"] for f in freeze if f.get("frozen_from")]
+    ends = [f["frozen_until"] for f in freeze if f.get("frozen_until")]
+    if not starts or len(starts) != len(freeze) or len(ends) != len(freeze):
+        return None
+    lo, hi = max(starts), min(ends)
+    width = (datetime.fromisoformat(hi) - datetime.fromisoformat(lo)).total_seconds() * 1000.0
+    return {"from": lo, "until": hi, "overlap": lo <= hi, "width_ms": round(width, 3)}
+
+
 def snap_id(op_id: str, volume_id: str) -> str:
     return f"frieze-{op_id.removeprefix('op-')[:16]}-{volume_id.removeprefix('vol-')[:12]}"
 
@@ -86,6 +110,14 @@ def snap_id(op_id: str, volume_id: str) -> str:
 def ensure_policy(ctx: Ctx) -> None:
     """The policy (if any) and the target repository exist and the repository opens with its password."""
     c = C.coord()
+    if ctx.args.scheduled_for is not None and ctx.args.policy_id is not None:
+        # exactly once: the first operation that runs binds itself to the scheduled tick; any other one
+        # (a re-submit by another coordinator that raced it) stops here, before it touches anything
+        owner = c.bind_schedule_run(ctx.args.policy_id, ctx.args.scheduled_for, ctx.op_id)
+        if owner != ctx.op_id:
+            raise Conflict(f"the run of policy {ctx.args.policy_id} scheduled for {ctx.args.scheduled_for} was "
+                           f"already started by operation {owner}; this duplicate does nothing",
+                           policy=ctx.args.policy_id, tick=ctx.args.scheduled_for, operation=owner)
     with c.catalog.session() as s:
         if ctx.args.policy_id is not None and s.get(Policy, ctx.args.policy_id) is None:
             raise NotFound(f"policy {ctx.args.policy_id!r} no longer exists", policy=ctx.args.policy_id)
@@ -194,9 +226,14 @@ def unquiesce(ctx: Ctx) -> None:
     targets = ctx.vars.apps if ctx.undoing else [a for a in ctx.vars.apps if a["id"] in ctx.vars.quiesced]
     epoch = ctx.vars.epoch
 
+    sent: dict[str, tuple[float, float]] = {}
+
     def one(a: dict[str, Any]) -> dict[str, Any]:
         ref, host = C.app(a["id"], with_secrets=True)
-        return C.agent(host).unquiesce(ref, epoch=epoch)
+        t0 = time.time()
+        r = C.agent(host).unquiesce(ref, epoch=epoch)
+        sent[a["id"]] = (t0, time.time())
+        return r
 
     results = C.parallel(targets, one)
     now_s = time.time()
@@ -210,7 +247,12 @@ def unquiesce(ctx: Ctx) -> None:
         # a freeze we recorded that the agent no longer held (changed=False) was released early: by the
         # guardian when its lease ran out, or by a restart of the agent; either way not held throughout
         held = bool(r.get("lease_held", r.get("changed", True))) if isinstance(r, dict) else False
-        ctx.vars.freeze[a["id"]] = {"app": a["name"], "frozen_ms": round(float(ms or 0.0), 3), "lease_held": held}
+        t_sent, t_done = sent.get(a["id"], (now_s, now_s))
+        ctx.vars.freeze[a["id"]] = {
+            "app": a["name"], "host": ctx.vars.host_names.get(a["host_id"], a["host_id"]),
+            "frozen_ms": round(float(ms or 0.0), 3), "lease_held": held,
+            "quiesce_sent": iso_ms(q["at"]) if q else None, "frozen_from": iso_ms(q["done"]) if q else None,
+            "frozen_until": iso_ms(t_sent), "thawed_by": iso_ms(t_done)}
         info = r.get("info") if isinstance(r, dict) else None
         if isinstance(info, dict) and not ctx.undoing:
             ctx.vars.engine_info[a["id"]] = {k: v for k, v in info.items() if isinstance(v, str | int | float | bool)}
@@ -345,8 +387,9 @@ def _label(ctx: Ctx) -> tuple[str, dict[str, Any]]:
         return "crash-consistent", {"reason": "the protection set has no application to quiesce"}
     if ctx.vars.skipped:
         return "quiesce-skipped", {"reason": "a quiesce failed and the policy allowed going on",
-                                   "skipped": ctx.vars.skipped, "freeze": freeze}
-    return "application-consistent", {"freeze": freeze}
+                                   "skipped": ctx.vars.skipped, "freeze": freeze,
+                                   "consistent_instant": consistent_instant(freeze)}
+    return "application-consistent", {"freeze": freeze, "consistent_instant": consistent_instant(freeze)}
 
 
 def _engine_facts(ctx: Ctx, app_id: str) -> dict[str, Any]:
@@ -374,6 +417,7 @@ def record_restore_point(ctx: Ctx) -> None:
         vols.append({"volume_id": v["id"], "volume": v["name"], "host_id": v["host_id"],
                      "host": ctx.vars.host_names.get(v["host_id"]), "path": v["path"], "provider": v["provider"],
                      "host_snapshot": snap_id(ctx.op_id, v["id"]), **m})
+    created = False
     with c.catalog.session() as s:
         from sqlalchemy import select
 
@@ -385,10 +429,31 @@ def record_restore_point(ctx: Ctx) -> None:
                               bytes_total=sum(int(x.get("bytes_total", 0)) for x in vols),
                               bytes_new=sum(int(x.get("bytes_new", 0)) for x in vols))
             s.add(rp)
-            RESTORE_POINTS.labels(consistency).inc()
-        ctx.vars.restore_point_id = rp.id
+            created = True
+        rp_id = rp.id
+    # committed from here; a failure before the "recorded" checkpoint undoes it (forget_restore_point)
+    ctx.vars.restore_point_id = rp_id
     ctx.vars.consistency = consistency
-    ctx.log(f"restore point {ctx.vars.restore_point_id}: {consistency}")
+    if created:
+        RESTORE_POINTS.labels(consistency).inc()
+    ctx.log(f"restore point {rp_id}: {consistency}")
+
+
+@task
+def forget_restore_point(ctx: Ctx) -> None:
+    """Undo: delete this operation's restore point row if the recording segment wrote it (keyed by the
+    operation id, so also after a crash that lost the variables), before its data is discarded."""
+    from sqlalchemy import select
+
+    c = C.coord()
+    with c.catalog.session() as s:
+        rp = s.scalar(select(RestorePoint).where(RestorePoint.operation_id == ctx.op_id))
+        if rp is None:
+            return
+        rid = rp.id
+        s.delete(rp)
+    ctx.vars.restore_point_id = None
+    ctx.log(f"deleted the restore point {rid} this backup had recorded")
 
 
 # -- done ---------------------------------------------------------------------------------------------
@@ -460,6 +525,7 @@ def report(ctx: Ctx) -> None:
     moved = list(ctx.vars.moved.values())
     data = {"restore_point_id": ctx.vars.restore_point_id, "consistency": ctx.vars.consistency,
             "freeze_epoch": ctx.vars.epoch, "freeze": list(ctx.vars.freeze.values()),
+            "consistent_instant": consistent_instant(list(ctx.vars.freeze.values())),
             "bytes_total": sum(int(m.get("bytes_total", 0)) for m in moved),
             "bytes_new": sum(int(m.get("bytes_new", 0)) for m in moved),
             "bytes_received": sum(int(m.get("bytes_received", 0)) for m in moved),
@@ -479,10 +545,10 @@ class BackupWorkflow(Workflow[BackupArgs, BackupVars]):
         quiesce, Checkpoint("quiesced", undo_from="unquiesce"),
         snapshot, poll_snapshots, unquiesce, Checkpoint("snapshotted", undo_from="delete_snapshots"),
         move_data, poll_moved, Checkpoint("moved", undo_from="discard_moved"),
-        record_restore_point, Checkpoint("recorded"),
+        record_restore_point, Checkpoint("recorded", undo_from="forget_restore_point"),
         delete_host_snapshots, apply_retention, report, Checkpoint("done"),
     ]
-    undo = [discard_moved, delete_snapshots, unquiesce]
+    undo = [forget_restore_point, discard_moved, delete_snapshots, unquiesce]
 
     @classmethod
     def resources(cls, args: BackupArgs) -> Resources:
