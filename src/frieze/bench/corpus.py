@@ -34,6 +34,12 @@ class CorpusSpec:
     pgbench_scale: int = 130  # ~2 GiB of data files
     seed: int = 20261122
 
+    def scaled(self, f: float) -> CorpusSpec:
+        """The same mix at ``f`` times the size (each part at least 1 MB, pgbench scale at least 1)."""
+        return CorpusSpec(text_mb=max(1, round(self.text_mb * f)), binary_mb=max(1, round(self.binary_mb * f)),
+                          random_mb=max(1, round(self.random_mb * f)),
+                          pgbench_scale=max(1, round(self.pgbench_scale * f)), seed=self.seed)
+
 
 def _text_file(rng: random.Random, size: int) -> bytes:
     out: list[str] = []

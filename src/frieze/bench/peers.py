@@ -7,9 +7,9 @@ environment-provided commands, never argv.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +33,18 @@ def drop_caches() -> bool:
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Timing:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run ``argv``; wall time, and CPU time and peak RSS of that process alone (``wait4``)."""
     t0 = time.perf_counter()
-    p = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if p.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timing(dt, cpu, after.ru_maxrss / 1024)
+    with tempfile.TemporaryFile() as errf:
+        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errf)
+        _pid, status, ru = os.wait4(p.pid, 0)
+        dt = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            errf.seek(0)
+            tail = errf.read().decode(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"{argv[0]} {' '.join(argv[1:3])} failed ({p.returncode}): {tail}")
+    return Timing(dt, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)
 
 
 class Tool:
@@ -84,6 +87,7 @@ class Frieze(Tool):
         e = super().env()
         e["FRIEZE_REPO"] = str(self.repo)
         e["FRIEZE_PASSWORD_FILE"] = str(self.password_file)
+        e["FRIEZE_STATE_DIR"] = str(self.repo.parent / "frieze-state")
         return e
 
     def init(self) -> None:

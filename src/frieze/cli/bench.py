@@ -17,13 +17,21 @@ _err = Console(stderr=True)
 def bench_repo(
     work: Path = typer.Option(Path("/var/tmp/frieze-bench"), help="Work directory (corpus, repositories)."),
     quick: bool = typer.Option(False, help="A small corpus (about 300 MB) for a fast look; targets need the full one."),
+    scale: float = typer.Option(1.0, help="Size of the corpus as a fraction of the full one (text 250 MB, "
+                                          "binaries 200 MB, random 150 MB, pgbench scale 130 = about 2 GiB)."),
+    pgbench_scale: int | None = typer.Option(None, help="Override the pgbench scale (the database size)."),
     tools: str = typer.Option("frieze,restic,borg", help="Comma-separated tools to run."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """First backup, incremental after 1 % of the database pages changed, restore, stored bytes."""
     from frieze.bench import corpus, repo_bench
 
-    spec = corpus.CorpusSpec(text_mb=60, binary_mb=60, random_mb=40, pgbench_scale=10) if quick else corpus.CorpusSpec()
+    if scale <= 0:
+        raise typer.BadParameter("--scale must be positive")
+    spec = corpus.CorpusSpec(text_mb=60, binary_mb=60, random_mb=40, pgbench_scale=10) if quick else \
+        corpus.CorpusSpec().scaled(scale)
+    if pgbench_scale is not None:
+        spec = corpus.CorpusSpec(spec.text_mb, spec.binary_mb, spec.random_mb, max(1, pgbench_scale), spec.seed)
     rep = repo_bench.run(work, spec, [t.strip() for t in tools.split(",") if t.strip()],
                          lambda m: _err.print(m, highlight=False))
     if as_json:
