@@ -136,6 +136,10 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
         extras = str(host.extras_dir(volume, snap_id))
         return [e.model_dump() for e in snapdata.list_entries(ref.path, extras)]
 
+    @app.get("/v1/volumes/{volume}/snapshots/{snap_id}/changes")
+    def snapshot_changes(volume: str, snap_id: str, parent: Annotated[str, Query(max_length=64)]) -> dict[str, Any]:
+        return host.changed_ranges(volume, snap_id, parent)
+
     @app.get("/v1/volumes/{volume}/snapshots/{snap_id}/file")
     def snapshot_file(volume: str, snap_id: str, path: Annotated[str, Query(max_length=4096)],
                       range_: Annotated[str | None, Header(alias="Range")] = None) -> Response:

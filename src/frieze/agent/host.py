@@ -473,6 +473,34 @@ class HostService:
         shutil.rmtree(self.extras_dir(name, snap_id), ignore_errors=True)
         return True, f"snapshot {snap_id!r} of volume {name!r} deleted", {}
 
+    def changed_ranges(self, name: str, snap_id: str, parent: str) -> dict[str, Any]:
+        """Per regular file of snapshot ``snap_id``: the byte ranges ``[[offset, length], ...]`` that may differ
+        from the same path in snapshot ``parent`` of the same volume (``[]``: unchanged), or ``None`` (read it
+        all: new, replaced, or no extent map). A superset, never a subset (the provider's contract). Files an
+        unquiesce added beside the snapshot (backup_label...) are always ``None``. Reads extent maps only."""
+        if not valid_name(parent):
+            raise UsageError(f"invalid parent snapshot name {parent!r}", parent=parent)
+        v = self.volume(name)
+        prov = self.provider(v.provider)
+        if not prov.capabilities.changed_ranges:
+            raise NotSupported(f"the {v.provider} provider of volume {name!r} cannot report changed ranges",
+                               volume=name, provider=v.provider, call="changed_ranges")
+        new = self.snapshot_ref(name, snap_id)
+        old = self.snapshot_ref(name, parent)
+        raw = prov.changed_ranges(old, new)
+        files: dict[str, list[list[int]] | None] = {}
+        for rel, ranges in raw.items():
+            files[rel.replace(os.sep, "/")] = None if ranges is None else [[int(a), int(n)] for a, n in ranges]
+        extras = self.extras_dir(name, snap_id)
+        if extras.is_dir():
+            for dirpath, _dirs, fnames in os.walk(extras):
+                for fn in fnames:
+                    files[os.path.relpath(os.path.join(dirpath, fn), extras).replace(os.sep, "/")] = None
+        changed = sum(1 for r in files.values() if r is None or r)
+        return {"volume": name, "snap_id": snap_id, "parent": parent, "provider": v.provider, "files": files,
+                "files_changed": changed,
+                "bytes_changed": sum(n for r in files.values() if r for _a, n in r)}
+
     def do_snapshot_exists(self, name: str, snap_id: str) -> Outcome:
         ref = self.find_snapshot(name, snap_id)
         return False, "", {"exists": ref is not None, "path": ref.path if ref else None}

@@ -16,6 +16,17 @@ Backup path (:meth:`Mover.ingest`):
    (the requirement "data a host sends is checked against its chunk ids before it is stored": the ids are
    computed, not trusted, and the transfer itself is checked against the host's digest first).
 
+Changed byte ranges: a source that can say what changed since an earlier snapshot of the same volume
+(``changed_since(parent_snap_id)``, ``read_range(path, offset, length)``: the agent's
+``GET .../snapshots/{snap}/changes?parent=`` over btrfs or reflink extent maps) lets the mover fetch only
+those ranges of a changed file. The mirror remembers which snapshot it holds (``state.json``); for a file
+the mirror has, the mover copies its mirror version to a temporary file, writes the fetched ranges into it,
+cuts it to the new size, and keeps it only if the BLAKE3 of the whole result equals the digest the host
+announced; otherwise (a wrong map, an edited mirror) it fetches the file whole, so a bad map costs bytes,
+never correctness. :attr:`IngestResult.changed_ranges` hands the map on (relative to
+:attr:`IngestResult.ranges_parent`) for the repository's backup (``changed_ranges=``), whose parent must then
+be the repository snapshot of that earlier ingest.
+
 Restore path (:meth:`Mover.extract`): the repository restores the snapshot (or chosen paths) into a fresh
 coordinator-side staging directory, whose files are then sent to the agent with their digests.
 
@@ -101,12 +112,21 @@ def _remove(p: Path) -> None:
         os.unlink(p)
 
 
+Ranges = list[tuple[int, int]]
+
+
 @dataclass
 class IngestResult:
     files: int
     bytes_total: int
     bytes_received: int
     files_received: int
+    #: files brought up to date by fetching only their changed ranges (counted in files_received too)
+    files_patched: int = 0
+    #: the snapshot the changed ranges are relative to (the one the mirror held before), or None
+    ranges_parent: str | None = None
+    #: per file path: changed ranges since ``ranges_parent`` (``[]`` unchanged, None whole), or None (not known)
+    changed_ranges: dict[str, Ranges | None] | None = None
 
 
 class Mover:
@@ -121,6 +141,38 @@ class Mover:
     def _records(self, volume_id: str) -> Path:
         return self.staging_dir / "mirror" / volume_id / "records.json"
 
+    def _state(self, volume_id: str) -> Path:
+        return self.staging_dir / "mirror" / volume_id / "state.json"
+
+    def mirrored_snapshot(self, volume_id: str) -> str | None:
+        """The host snapshot the mirror holds exactly (None: unknown, or an ingest did not finish)."""
+        try:
+            v = json.loads(self._state(volume_id).read_text()).get("snap_id")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return v if isinstance(v, str) else None
+
+    def _set_mirrored(self, volume_id: str, snap: str | None) -> None:
+        p = self._state(volume_id)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"snap_id": snap}))
+        os.replace(tmp, p)
+
+    def _changed_ranges(self, volume_id: str,
+                        source: SnapshotSource) -> tuple[str | None, dict[str, Ranges | None] | None]:
+        snap = getattr(source, "snap_id", None)
+        ask = getattr(source, "changed_since", None)
+        parent = self.mirrored_snapshot(volume_id)
+        if not isinstance(snap, str) or ask is None or parent is None or parent == snap \
+                or getattr(source, "read_range", None) is None:
+            return None, None
+        ranges = ask(parent)
+        if ranges is None:
+            return None, None
+        for path in ranges:
+            check_rel(path)
+        return parent, ranges
+
     def ingest(self, volume_id: str, source: SnapshotSource, *, progress: Progress | None = None,
                cancelled: Callable[[], bool] | None = None, what: str = "") -> IngestResult:
         """Bring the volume's mirror to exactly the snapshot's content, fetching only changed files."""
@@ -134,6 +186,9 @@ class Mover:
         entries = source.entries()
         for e in entries:
             check_rel(e.path)
+        ranges_parent, ranges = self._changed_ranges(volume_id, source)
+        self._set_mirrored(volume_id, None)  # until this ingest is complete the mirror is no known snapshot
+        npatched = 0
         wanted = {e.path: e for e in entries}
         total = sum(e.size for e in entries if e.type == "file")
         received = 0
@@ -175,7 +230,14 @@ class Mover:
                         and rec.get("digest") == e.digest and os.path.lexists(dest)):
                     done += e.size
                     continue
-                received += self._fetch(source, e, pdir, name, what)
+                kept = False
+                r = ranges.get(e.path, None) if ranges is not None else None
+                if rec is not None and r is not None and os.path.isfile(dest) and not os.path.islink(dest):
+                    got, kept = self._patch(source, e, pdir, name, r)
+                    received += got
+                    npatched += kept
+                if not kept:
+                    received += self._fetch(source, e, pdir, name, what)
                 nrecv += 1
                 done += e.size
                 records[e.path] = {"size": e.size, "mtime_ns": e.mtime_ns, "digest": e.digest}
@@ -192,10 +254,68 @@ class Mover:
         tmp = rec_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(records))
         os.replace(tmp, rec_path)
+        snap = getattr(source, "snap_id", None)
+        self._set_mirrored(volume_id, snap if isinstance(snap, str) else None)
         if progress is not None:
             progress(total, total)
         return IngestResult(files=sum(1 for e in entries if e.type == "file"), bytes_total=total,
-                            bytes_received=received, files_received=nrecv)
+                            bytes_received=received, files_received=nrecv, files_patched=npatched,
+                            ranges_parent=ranges_parent if ranges is not None else None,
+                            changed_ranges=ranges)
+
+    def _patch(self, source: SnapshotSource, e: FileEntry, pdir: Path, name: str,
+               ranges: Ranges) -> tuple[int, bool]:
+        """Bring the mirror's copy of ``e`` up to date by fetching only ``ranges``; returns (bytes received,
+        kept): not kept (the mirror's copy untouched) when the result does not match the announced digest."""
+        read_range = getattr(source, "read_range", None)
+        if read_range is None or e.digest is None:
+            return 0, False
+        dest = pdir / name
+        tmp = pdir / f".frieze-patch-{name}"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        n = 0
+        try:
+            src_fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                size = os.fstat(src_fd).st_size
+                off = 0
+                while off < size:
+                    k = os.copy_file_range(src_fd, fd, size - off, off, off)
+                    if k == 0:
+                        break
+                    off += k
+            finally:
+                os.close(src_fd)
+            os.ftruncate(fd, e.size)
+            for a, ln in ranges:
+                if a >= e.size or ln <= 0:
+                    continue
+                pos = a
+                for chunk in read_range(e.path, a, min(ln, e.size - a)):
+                    os.pwrite(fd, chunk, pos)
+                    pos += len(chunk)
+                    n += len(chunk)
+            h = blake3.blake3()
+            pos = 0
+            while pos < e.size:
+                b = os.pread(fd, 1 << 20, pos)
+                if not b:
+                    break
+                h.update(b)
+                pos += len(b)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        BYTES_MOVED.inc(n)
+        if h.hexdigest() != e.digest or pos != e.size:
+            os.unlink(tmp)
+            return n, False
+        os.replace(tmp, dest)
+        return n, True
 
     def _fetch(self, source: SnapshotSource, e: FileEntry, pdir: Path, name: str, what: str) -> int:
         tmp = pdir / f".frieze-in-{name}"

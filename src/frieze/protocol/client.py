@@ -190,6 +190,25 @@ class AgentClient:
         data = self._json("GET", f"/v1/volumes/{_q(volume)}/snapshots/{_q(snap_id)}/files")
         return [FileEntry.model_validate(e) for e in data]
 
+    def changed_ranges(self, volume: str, snap_id: str, parent: str) -> dict[str, list[tuple[int, int]] | None]:
+        """Per regular file of ``snap_id``: the byte ranges ``(offset, length)`` that may differ from the same
+        path in snapshot ``parent`` (``[]``: unchanged), or None (read it all). NotSupported when the volume's
+        provider cannot tell (copy, helper); NotFound when either snapshot is gone."""
+        data = self._json("GET", f"/v1/volumes/{_q(volume)}/snapshots/{_q(snap_id)}/changes",
+                          params={"parent": parent})
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            raise AgentProtocolError(f"agent at {self.base_url} answered changed ranges without 'files'")
+        out: dict[str, list[tuple[int, int]] | None] = {}
+        for path, ranges in files.items():
+            if ranges is None:
+                out[str(path)] = None
+            elif isinstance(ranges, list) and all(isinstance(r, list) and len(r) == 2 for r in ranges):
+                out[str(path)] = [(int(a), int(n)) for a, n in ranges]
+            else:
+                raise AgentProtocolError(f"agent at {self.base_url} sent malformed ranges for {path!r}")
+        return out
+
     def read_file(self, volume: str, snap_id: str, path: str, *, offset: int = 0,
                   length: int | None = None, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The bytes of one file of the snapshot (a byte range when ``offset``/``length`` are given)."""

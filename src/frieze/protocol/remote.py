@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from frieze.core.errors import NotFound, NotSupported
 from frieze.protocol.client import AgentClient
 from frieze.protocol.models import FileEntry, Task
 
@@ -46,6 +47,19 @@ class RemoteSource:
 
     def read(self, path: str) -> Iterator[bytes]:
         return self.client.read_file(self.volume, self.snap_id, path)
+
+    def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes]:
+        """``length`` bytes of ``path`` from ``offset`` (fewer at the end of the file)."""
+        return self.client.read_file(self.volume, self.snap_id, path, offset=offset, length=length)
+
+    def changed_since(self, parent_snap_id: str) -> dict[str, list[tuple[int, int]] | None] | None:
+        """What changed since the volume's snapshot ``parent_snap_id`` (see ``AgentClient.changed_ranges``),
+        or None when the agent cannot tell (its provider has no changed ranges, or the parent is gone): the
+        mover then fetches every changed file whole."""
+        try:
+            return self.client.changed_ranges(self.volume, self.snap_id, parent_snap_id)
+        except (NotSupported, NotFound):
+            return None
 
 
 class RemoteSink:
