@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frieze.core.errors import FormatError, FriezeError, IntegrityError, NotFound
+from frieze.repo.appendonly import MARKER_KEY, verify_marker
 from frieze.repo.config import CONFIG_KEY, RepoConfig
 from frieze.repo.crypto import pack_hash
 from frieze.repo.dedup import DedupIndex
-from frieze.repo.index import INDEX_PREFIX, IndexFile
+from frieze.repo.index import INDEX_PREFIX, IndexFile, index_id
 from frieze.repo.keys import KEYS_PREFIX, parse_slot
 from frieze.repo.lock import read_locks
 from frieze.repo.pack import DATA_PREFIX, pack_id_from_key, pack_key, parse_trailer
@@ -37,7 +38,7 @@ from frieze.repo.types import BlobKind, IndexEntry
 @dataclass(frozen=True)
 class Problem:
     severity: str  # "error" | "warning"
-    kind: str  # config, key, index, pack, snaplist, snapshot, tree, blob, lock
+    kind: str  # config, key, index, pack, snaplist, snapshot, tree, blob, lock, appendonly
     id: str
     message: str
 
@@ -110,22 +111,10 @@ def check(repo: Repository, *, read_data: bool = False, subset: tuple[int, int] 
     for lk in read_locks(st, repo.ring):
         if not lk.readable:
             rep.warn("lock", lk.key, "lock object does not authenticate (damaged or foreign)")
-    # -- index files → a fresh index (never trust what is cached in memory)
-    idx = DedupIndex()
-    index_of_pack: dict[bytes, str] = {}
-    n_index = 0
-    for b in st.list(INDEX_PREFIX):
-        n_index += 1
-        try:
-            f = IndexFile.decode(repo.ring, b.key, st.get(b.key))
-        except FriezeError as e:
-            rep.error("index", b.key, e.message)
-            continue
-        for p in f.packs:
-            idx.add_pack(p.pack_id, p.size, p.entries)
-            index_of_pack.setdefault(p.pack_id, b.key)
-    idx.compact()
-    # -- packs
+    bad_marker = verify_marker(st, repo.ring, repo.id)
+    if bad_marker is not None:
+        rep.error("appendonly", MARKER_KEY, f"{bad_marker} (the repository stays append-only)")
+    # -- packs present
     present: dict[bytes, int] = {}
     for b in st.list(DATA_PREFIX):
         pid = pack_id_from_key(b.key)
@@ -133,6 +122,40 @@ def check(repo: Repository, *, read_data: bool = False, subset: tuple[int, int] 
             rep.warn("pack", b.key, "unexpected object in data/")
             continue
         present[pid] = b.size
+    # -- index files → a fresh index (never trust what is cached in memory), skipping superseded files as
+    # readers do
+    idx = DedupIndex()
+    index_of_pack: dict[bytes, str] = {}
+    n_index = 0
+    files: list[tuple[str, IndexFile]] = []
+    for b in st.list(INDEX_PREFIX):
+        n_index += 1
+        try:
+            files.append((b.key, IndexFile.decode(repo.ring, b.key, st.get(b.key))))
+        except FriezeError as e:
+            rep.error("index", b.key, e.message)
+    index_ids = {index_id(b.key) for b in st.list(INDEX_PREFIX)}
+    superseded = {sid: key for key, f in files for sid in f.supersedes}
+    for key, f in files:
+        by = superseded.get(index_id(key))
+        gone = [p.pack_id for p in f.packs if p.pack_id not in present]
+        if by is not None:
+            if gone:  # prune deletes packs only after every index naming them: this file came back
+                rep.error("index", key, f"index file superseded by {by} is present again and names "
+                          f"{len(gone)} deleted pack(s) (first {pack_key(gone[0])}): an older index put back "
+                          f"(readers ignore it)")
+            else:
+                rep.warn("index", key, f"index file is superseded by {by} and ignored (an interrupted prune, or "
+                         f"an older index put back); prune deletes it")
+            continue
+        if gone:
+            rep.error("index", key, f"index file names {len(gone)} missing pack(s) (first {pack_key(gone[0])}): "
+                      f"an older index put back, or packs deleted")
+        for p in f.packs:
+            idx.add_pack(p.pack_id, p.size, p.entries)
+            index_of_pack.setdefault(p.pack_id, key)
+    idx.compact()
+    # -- packs against the index
     for pid, size in zip(idx.pack_ids, idx.pack_sizes, strict=True):
         key = pack_key(pid)
         if pid not in present:
@@ -163,9 +186,16 @@ def check(repo: Repository, *, read_data: bool = False, subset: tuple[int, int] 
                 break
             except FriezeError:
                 continue
+    if cur.indexes is not None and seqs and current_seq == seqs[-1]:  # index files the newest list says exist
+        for iid in sorted(set(cur.indexes) - index_ids):
+            rep.error("index", INDEX_PREFIX + iid, f"index file named by {list_key(current_seq)} is missing")
     if seqs:
         floor = cur.history_from if current_seq == seqs[-1] else seqs[0]
-        for gap in sorted(set(range(min(floor, seqs[0]), seqs[-1] + 1)) - set(seqs)):
+        for s in seqs:
+            if s < floor:
+                rep.warn("snaplist", list_key(s), f"entry below the retained-history floor {floor} (an "
+                         f"interrupted trim, or an older entry put back); prune deletes it")
+        for gap in sorted(set(range(floor, seqs[-1] + 1)) - set(seqs)):
             rep.error("snaplist", list_key(gap), "snapshot list entry is missing inside the chain (history gap)")
     prev_hash: str | None = None
     prev_seq: int | None = None

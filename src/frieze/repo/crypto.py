@@ -42,6 +42,7 @@ MAGIC_SNAPSHOT = b"FZSN"
 MAGIC_SNAPLIST = b"FZSL"
 MAGIC_LOCK = b"FZLK"
 MAGIC_GARBAGE = b"FZGB"
+MAGIC_APPEND_ONLY = b"FZAO"
 
 
 def hkdf(master: bytes, info: bytes, length: int = 32) -> bytes:

@@ -55,12 +55,37 @@ def parse_trailer(ring: KeyRing, data: bytes | memoryview, what: str) -> list[En
     if start < HEADER_LEN:
         raise IntegrityError(f"{what}: bad trailer length {tlen}", object=what)
     body = ring.open(memoryview(data)[start:len(data) - 4], trailer_ad(), f"{what} (trailer)")
+    return _trailer_entries(body, start, what)
+
+
+def _trailer_entries(body: bytes, start: int, what: str) -> list[Entry]:
     try:
         (n,) = struct.unpack_from("<I", body, 0)
         ents: list[Entry] = [ENTRY.unpack_from(body, 4 + ENTRY.size * i) for i in range(n)]
     except struct.error as e:
         raise IntegrityError(f"{what}: malformed trailer ({e})", object=what) from None
+    for ent in ents:
+        if ent[3] < HEADER_LEN or ent[3] + ent[4] > start or ent[1] > 1:
+            raise IntegrityError(f"{what}: trailer entry {ent[0].hex()} lies outside the pack's blobs",
+                                 object=what)
     return ents
+
+
+def read_trailer_ranged(store: BlobStore, ring: KeyRing, key: str, size: int) -> list[Entry]:
+    """Authenticate and parse a pack's trailer with three ranged reads (header, length, trailer box) instead
+    of reading the whole pack; IntegrityError/FormatError naming the pack if damaged."""
+    if size < HEADER_LEN + 4:
+        raise IntegrityError(f"{key}: truncated pack", object=key)
+    check_header(store.get(key, 0, HEADER_LEN), MAGIC_PACK, key)
+    tail = store.get(key, size - 4, 4)
+    if len(tail) != 4:
+        raise IntegrityError(f"{key}: truncated pack", object=key)
+    (tlen,) = struct.unpack("<I", tail)
+    start = size - 4 - tlen
+    if start < HEADER_LEN:
+        raise IntegrityError(f"{key}: bad trailer length {tlen}", object=key)
+    body = ring.open(store.get(key, start, tlen), trailer_ad(), f"{key} (trailer)")
+    return _trailer_entries(body, start, key)
 
 
 @dataclass

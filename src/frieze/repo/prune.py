@@ -8,7 +8,8 @@ Contracts (docs/design/repository-format.md sections 6, 7, 10):
   deleted after it.
 - prune never deletes on incomplete information: a damaged index file, an unreadable tree or a live blob that
   no index lists aborts it (``IntegrityError``) before anything is removed.
-- Order: repack → new index (superseding every index read) → delete old index files → garbage record →
+- Order: repack → new index (superseding every index read) → a snapshot-list entry naming the new index set →
+  delete old index files → garbage record →
   delete packs whose garbage record is older than ``delete_margin_s`` and unindexed packs older than
   ``unindexed_min_age_s``. A kill at any point leaves every listed snapshot restorable; the next prune
   completes. ``on_step`` (tests) is called with the name of each step as it completes.
@@ -29,7 +30,7 @@ from frieze.core.errors import Forbidden, FriezeError, IntegrityError, NotFound,
 from frieze.core.retention import Decision, RetentionPolicy, SnapshotRef, apply_policy
 from frieze.repo.crypto import MAGIC_GARBAGE, open_object, seal_object
 from frieze.repo.dedup import DedupIndex
-from frieze.repo.index import INDEX_PREFIX, IndexFile, PackRecord
+from frieze.repo.index import INDEX_PREFIX, IndexFile, PackRecord, index_id
 from frieze.repo.lock import EXCLUSIVE, Lease, read_locks
 from frieze.repo.pack import DATA_PREFIX, PackWriter, pack_id_from_key, pack_key
 from frieze.repo.reach import Walker, walk
@@ -126,19 +127,24 @@ class PruneReport:
 
 
 def _fresh_index(repo: Repository) -> tuple[DedupIndex, list[str]]:
+    """Every index file (all are superseded by prune's new one), and an index of those no other supersedes."""
     idx = DedupIndex()
-    keys = []
+    files: list[tuple[str, IndexFile]] = []
     for b in repo.store.list(INDEX_PREFIX):
         try:
             f = IndexFile.decode(repo.ring, b.key, repo.store.get(b.key))
         except FriezeError as e:
             raise IntegrityError(f"prune refused: index file {b.key} cannot be read ({e.message}); "
                                  f"run check and repair it first (nothing was deleted)", object=b.key) from None
+        files.append((b.key, f))
+    superseded = {s for _, f in files for s in f.supersedes}
+    for key, f in files:
+        if index_id(key) in superseded:
+            continue  # left over by an interrupted prune (or put back): its successor lists every live blob
         for p in f.packs:
             idx.add_pack(p.pack_id, p.size, p.entries)
-        keys.append(b.key)
     idx.compact()
-    return idx, keys
+    return idx, [k for k, _ in files]
 
 
 def prune(repo: Repository, opts: PruneOptions | None = None, *, walker: Walker | None = None,
@@ -223,6 +229,17 @@ def prune(repo: Repository, opts: PruneOptions | None = None, *, walker: Walker 
         supersedes = [k[len(INDEX_PREFIX):] for k in old_index_keys]
         new_key = repo.write_index(records, supersedes=supersedes) if records or old_index_keys else None
         step("index_written")
+        list_seq = sl.seq
+        if new_key is not None:
+            # record the new index set in the authenticated list before the old files go (check names a
+            # missing index file from this set)
+            old_ids = {index_id(k) for k in old_index_keys}
+            now_set = ({index_id(k) for k in repo.index_keys()} - old_ids) | {index_id(new_key)}
+            list_seq = repo.catalog.commit(
+                lambda cur: list(cur.snapshots),
+                before_put=lambda: lease.ensure_valid("recording the new index set in the snapshot list"),
+                indexes=lambda cur: sorted(now_set)).seq
+            step("index_listed")
         for k in old_index_keys:
             lease.ensure_valid("deleting a superseded index file")
             if k != new_key:
@@ -277,7 +294,7 @@ def prune(repo: Repository, opts: PruneOptions | None = None, *, walker: Walker 
         for b in list(st.list(SNAP_PREFIX)):
             sid = b.key[len(SNAP_PREFIX):]
             if sid not in listed and wall - b.mtime >= o.unindexed_min_age_s:
-                if repo.catalog.seqs() and repo.catalog.seqs()[-1] != sl.seq:
+                if repo.catalog.seqs() and repo.catalog.seqs()[-1] != list_seq:
                     break  # someone committed meanwhile (cannot happen under the lease; be safe)
                 st.delete(b.key)
         seqs = repo.catalog.seqs()

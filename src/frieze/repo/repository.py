@@ -12,6 +12,7 @@ Contracts are in docs/design/repository-format.md; in short:
 from __future__ import annotations
 
 import threading
+import time as _time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -22,6 +23,7 @@ from typing import Any
 from frieze.core.clock import iso, now
 from frieze.core.errors import (
     AlreadyExists,
+    Forbidden,
     FormatError,
     FriezeError,
     IntegrityError,
@@ -31,14 +33,23 @@ from frieze.core.errors import (
     WrongPassword,
 )
 from frieze.core.ids import new_id
+from frieze.repo.appendonly import AppendOnlyView, marker_present, write_marker
 from frieze.repo.blobstore.base import BlobStore
 from frieze.repo.config import CONFIG_KEY, RepoConfig, read_config_bytes
 from frieze.repo.crypto import KeyRing, MasterKeys, blob_ad, compress, decompress
 from frieze.repo.dedup import DedupIndex
-from frieze.repo.index import INDEX_PREFIX, IndexArrays, IndexFile, PackRecord, decode_arrays, new_index_key
+from frieze.repo.index import (
+    INDEX_PREFIX,
+    IndexArrays,
+    IndexFile,
+    PackRecord,
+    decode_arrays,
+    index_id,
+    new_index_key,
+)
 from frieze.repo.keys import KeySlots, SlotInfo
-from frieze.repo.lock import WRITER, Lease
-from frieze.repo.pack import DATA_PREFIX, PackWriter, pack_key
+from frieze.repo.lock import WRITER, Lease, LockRecord, read_locks
+from frieze.repo.pack import DATA_PREFIX, PackWriter, pack_id_from_key, pack_key, read_trailer_ranged
 from frieze.repo.snapshots import (
     SnapshotCatalog,
     encode_manifest,
@@ -68,6 +79,8 @@ class Repository:
         self._loaded_indexes: set[str] = set()
         #: index files that failed to load (key -> error); ``check`` reports them
         self.damaged_indexes: dict[str, str] = {}
+        #: ids of index files some loaded index supersedes (prune wrote it); readers ignore those files
+        self.superseded_indexes: set[str] = set()
         self._index_lock = threading.Lock()
         self.closed = False
 
@@ -77,8 +90,11 @@ class Repository:
     # -- opening ---------------------------------------------------------------------------------------------
     @classmethod
     def init(cls, store: BlobStore, password: str, *, params: RepoParams | None = None,
-             state_dir: Path | None = None, lease_skew_s: float = 30.0) -> Repository:
-        """Create a new repository: key slot first, then the config (which makes it a repository)."""
+             state_dir: Path | None = None, lease_skew_s: float = 30.0, append_only: bool = False) -> Repository:
+        """Create a new repository: key slot first, then the config (which makes it a repository).
+
+        ``append_only``: also write the append-only marker, so every later client refuses deletes
+        (see :mod:`frieze.repo.appendonly`)."""
         p = params or RepoParams()
         if store.stat(CONFIG_KEY) is not None:
             raise AlreadyExists("a repository already exists here (object 'config' is present)", object=CONFIG_KEY)
@@ -99,7 +115,9 @@ class Repository:
         slot_id = KeySlots(store).add(repo_id, master, password, p.kdf)
         store.put(CONFIG_KEY, cfg.encode(ring))
         cfg = RepoConfig.decode(ring, store.get(CONFIG_KEY))
-        return cls(store, ring, master, cfg, slot_id, state_dir, lease_skew_s)
+        if append_only:
+            write_marker(store, ring, cfg.id)
+        return cls(_honour_marker(store), ring, master, cfg, slot_id, state_dir, lease_skew_s)
 
     @classmethod
     def open(cls, store: BlobStore, password: str, *, state_dir: Path | None = None,
@@ -127,7 +145,7 @@ class Repository:
         ring = KeyRing(master)
         cfg = found["cfg"]
         assert isinstance(cfg, RepoConfig)
-        repo = cls(store, ring, master, cfg, slot_id, state_dir, lease_skew_s)
+        repo = cls(_honour_marker(store), ring, master, cfg, slot_id, state_dir, lease_skew_s)
         repo.load_index()
         return repo
 
@@ -137,7 +155,23 @@ class Repository:
 
     @property
     def append_only(self) -> bool:
+        """True when the store refuses deletes: the opener asked, or the repository carries the marker."""
         return bool(getattr(self.store, "append_only", False))
+
+    @property
+    def append_only_marker(self) -> bool:
+        """True when the repository itself is marked append-only (honoured whatever the opener asked)."""
+        return isinstance(self.store, AppendOnlyView) or marker_present(self.store)
+
+    def make_append_only(self) -> None:
+        """Switch this repository to append-only for every client from now on (writes the marker).
+
+        Only an operator with delete rights can switch it back (:func:`frieze.repo.appendonly.clear_append_only`
+        on a store opened directly)."""
+        self._check_open()
+        write_marker(self.store, self._ring, self.id)
+        self.store = _honour_marker(self.store)
+        self.catalog.store = self.store
 
     @property
     def ring(self) -> KeyRing:
@@ -173,7 +207,13 @@ class Repository:
             else:
                 with ThreadPoolExecutor(min(threads, len(todo))) as ex:
                     got = list(ex.map(fetch, todo))
-            files = [(arr.packs, arr.entries) for _, arr in got if arr is not None]
+            for _, arr in got:
+                if arr is not None:
+                    self.superseded_indexes.update(arr.supersedes)
+            # an index file another one supersedes (an interrupted prune, or an old index put back) is ignored:
+            # the superseding file lists every live blob, the old one may name packs prune deleted
+            files = [(arr.packs, arr.entries) for k, arr in got
+                     if arr is not None and index_id(k) not in self.superseded_indexes]
             self.dedup.add_many(files)
             self.dedup.compact()
             self._loaded_indexes.update(k for k, arr in got if arr is not None)
@@ -185,6 +225,7 @@ class Repository:
             self.dedup = DedupIndex()
             self._loaded_indexes = set()
             self.damaged_indexes = {}
+            self.superseded_indexes = set()
         self.load_index()
 
     def write_index(self, packs: list[PackRecord], supersedes: list[str] | None = None) -> str:
@@ -324,10 +365,12 @@ class Repository:
         return KeySlots(self.store).add(self.id, self._master, password, kdf or KdfParams())
 
     def remove_key(self, slot_id: str) -> None:
+        self._refuse_append_only("removing a key slot")
         KeySlots(self.store).remove(slot_id)
 
     def change_password(self, new_password: str, kdf: KdfParams | None = None) -> str:
         """Rotate: add a slot for ``new_password``, then remove the slot this repository was opened with."""
+        self._refuse_append_only("changing the password (it removes the old key slot)")
         new_slot = self.add_key(new_password, kdf)
         old = self.slot_id
         KeySlots(self.store).remove(old)
@@ -335,6 +378,10 @@ class Repository:
         return new_slot
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _refuse_append_only(self, what: str) -> None:
+        if self.append_only:
+            raise Forbidden(f"repository is append-only: {what} refused (nothing was changed)", operation=what)
+
     def _check_open(self) -> None:
         if self.closed:
             raise UsageError("repository is closed")
@@ -347,6 +394,17 @@ class Repository:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _honour_marker(store: BlobStore) -> BlobStore:
+    """The store as this repository must use it: delete-refusing when the append-only marker is present."""
+    if isinstance(store, AppendOnlyView) or not marker_present(store):
+        return store
+    return AppendOnlyView(store)
+
+
+#: A dead writer's lock younger than this (seconds past its expiry) makes the next writer index its packs.
+RECOVER_WINDOW_S = 6 * 3600.0
 
 
 class RepoWriter:
@@ -370,7 +428,59 @@ class RepoWriter:
         self.index_keys: list[str] = []
         self.closed = False
         repo.load_index()  # see what other writers committed since open
+        #: packs of dead writers this writer indexed at start (see :meth:`_recover_dead_writers`)
+        self.recovered_packs = 0
+        try:
+            self.recovered_packs = self._recover_dead_writers()
+        except BaseException:
+            self.lease.release()
+            raise
         self._pw = PackWriter(repo.store, repo.ring, repo.config.pack_size, self._on_durable)
+
+    def _dead_writer_locks(self) -> list[LockRecord]:
+        wall = _time.time()
+        return [r for r in read_locks(self.repo.store, self.repo.ring)
+                if r.readable and r.kind == WRITER and r.lease != self.lease.id
+                and wall - r.expires.timestamp() < RECOVER_WINDOW_S
+                and (r.stale_local() or not r.live(wall, self.repo.lease_skew_s))]
+
+    def _recover_dead_writers(self) -> int:
+        """Index the durable packs a writer killed before its index write left behind, so this run reuses them.
+
+        Runs only when a writer lock of a dead holder is present (its process is gone on this machine, or its
+        lease expired less than :data:`RECOVER_WINDOW_S` ago): then every pack in no loaded index is read
+        (header and authenticated trailer, by ranged reads) and one index file naming them is written under
+        this writer's lease before any blob is deduplicated against them (invariant D holds: the blobs are
+        indexed first). Afterwards the dead holders' lock objects on this machine are deleted (best effort),
+        so the next run does not look again. Returns how many packs were indexed."""
+        dead = self._dead_writer_locks()
+        if not dead:
+            return 0
+        repo = self.repo
+        known = set(repo.dedup.pack_ids)
+        recs: list[PackRecord] = []
+        for b in repo.store.list(DATA_PREFIX):
+            pid = pack_id_from_key(b.key)
+            if pid is None or pid in known or pack_key(pid) != b.key:
+                continue
+            try:
+                entries = read_trailer_ranged(repo.store, repo.ring, b.key, b.size)
+            except (IntegrityError, FormatError, NotFound):
+                continue  # damaged or vanished: check reports it, prune removes it
+            if entries:
+                recs.append(PackRecord(pid, b.size, entries))
+        if recs:
+            self.lease.ensure_valid("indexing the packs of a dead writer")
+            self.index_keys.append(repo.write_index(recs))
+            for rec in recs:
+                repo.dedup.add_pack(rec.pack_id, rec.size, rec.entries)
+        for r in dead:
+            if r.stale_local():
+                try:
+                    repo.store.delete(r.key)
+                except FriezeError:
+                    pass  # append-only: it expires on its own
+        return len(recs)
 
     # -- blobs -------------------------------------------------------------------------------------------------
     def has(self, blob_id: bytes) -> bool:
@@ -479,8 +589,12 @@ class RepoWriter:
         self.lease.ensure_valid("writing the snapshot manifest")
         self.repo.store.put(manifest_key(snap.id), mdata)
         entry = list_entry(snap, mdata)
+        # the list records every index file now present (all durable; no prune can run under our lease), so
+        # check can name an index file that later goes missing
+        present = {index_id(k) for k in self.repo.index_keys()}
         cat.commit(lambda cur: [*cur.snapshots, entry],
-                   before_put=lambda: self.lease.ensure_valid("the commit point (snapshot list)"))
+                   before_put=lambda: self.lease.ensure_valid("the commit point (snapshot list)"),
+                   indexes=lambda cur: sorted(set(cur.indexes or ()) | present))
         return snap.id
 
     def abort(self) -> None:

@@ -71,6 +71,9 @@ class SnapList:
     #: The oldest sequence number still kept (prune raises it before deleting older entries); every entry
     #: from here to ``seq`` must exist.
     history_from: int = 1
+    #: The index files (32-hex ids) that existed when this entry was committed and must still exist
+    #: (``check`` names a missing one); None in lists written before this field existed (not checked).
+    indexes: list[str] | None = None
 
     def infos(self) -> list[SnapshotInfo]:
         out = [SnapshotInfo(id=e["id"], seq=int(e["seq"]), time=parse_iso(e["time"]), host=e["host"],
@@ -80,8 +83,11 @@ class SnapList:
         return out
 
     def body(self) -> bytes:
-        return json.dumps({"seq": self.seq, "prev": self.prev, "time": self.time, "snapshots": self.snapshots,
-                           "history_from": self.history_from}, sort_keys=True).encode()
+        d: dict[str, Any] = {"seq": self.seq, "prev": self.prev, "time": self.time, "snapshots": self.snapshots,
+                             "history_from": self.history_from}
+        if self.indexes is not None:
+            d["indexes"] = self.indexes
+        return json.dumps(d, sort_keys=True).encode()
 
 
 def list_entry(snap: Snapshot, manifest_bytes: bytes) -> dict[str, Any]:
@@ -155,7 +161,8 @@ class SnapshotCatalog:
         try:
             sl = SnapList(seq=int(d["seq"]), prev=d.get("prev"), time=str(d["time"]),
                           snapshots=list(d["snapshots"]), hash=object_hash(data),
-                          history_from=int(d.get("history_from", 1)))
+                          history_from=int(d.get("history_from", 1)),
+                          indexes=None if d.get("indexes") is None else [str(x) for x in d["indexes"]])
         except (KeyError, ValueError, TypeError) as e:
             raise IntegrityError(f"{key}: malformed snapshot list ({e})", object=key) from None
         if sl.seq != seq:
@@ -221,13 +228,16 @@ class SnapshotCatalog:
     # -- writing --------------------------------------------------------------------------------------------
     def commit(self, mutate: Callable[[SnapList], list[dict[str, Any]]],
                before_put: Callable[[], None] | None = None, attempts: int = 1000,
-               history_from: Callable[[int], int] | None = None) -> SnapList:
+               history_from: Callable[[int], int] | None = None,
+               indexes: Callable[[SnapList], list[str] | None] | None = None) -> SnapList:
         """Create ``snaplist/<seq+1>`` = ``mutate(current)``; on a lost race, reload and retry.
 
-        ``history_from(new_seq)`` may raise the retained-history floor (prune); it never goes down."""
+        ``history_from(new_seq)`` may raise the retained-history floor (prune); it never goes down.
+        ``indexes(current)`` gives the new entry's index-file set (default: the current entry's)."""
         for _ in range(attempts):
             cur = self.current()
-            new = SnapList(cur.seq + 1, cur.hash, iso(now()), mutate(cur), history_from=cur.history_from)
+            new = SnapList(cur.seq + 1, cur.hash, iso(now()), mutate(cur), history_from=cur.history_from,
+                           indexes=indexes(cur) if indexes is not None else cur.indexes)
             if history_from is not None:
                 new.history_from = max(cur.history_from, min(history_from(new.seq), new.seq))
             key = list_key(new.seq)

@@ -20,6 +20,19 @@ Temporary files
     behind; opening the store removes those older than :data:`STALE_TEMP_SECONDS` (a live writer's temp
     file is younger than that).
 
+Named kill points (fault tests only)
+    :meth:`LocalBlobStore.put` calls ``on_point(point, key)`` after each of its steps (:data:`PUT_POINTS`).
+    If no ``on_point`` is given and the environment variable ``FRIEZE_TEST_DIE_AT`` is set when the store is
+    opened, the store installs a hook that kills its own process with ``SIGKILL`` (a real ``kill -9``: no
+    ``finally``, no flush, no atexit) at a named point. Its value is ``<kind>.<step>[:<n>]``: ``kind`` is the
+    object kind of the key (:data:`KIND_OF_PREFIX`: ``pack``, ``index``, ``manifest``, ``snaplist``,
+    ``lock``, ``key``, ``config``, ``garbage``, or ``any``), ``step`` one of :data:`PUT_POINTS` (aliases
+    :data:`STEP_ALIASES`: ``write``, ``fsync``, ``rename``, ``dirsync``, ``done``), and ``n`` the 1-based
+    occurrence of that point in this process (default 1). Just before dying the hook writes
+    ``FRIEZE_TEST_DIE_AT <point>:<n> <key>`` to stderr. A malformed value raises ``UsageError`` at open.
+    When the variable is unset the cost is one environment lookup per store opened and one ``is None``
+    test per step.
+
 Errors
     ``ENOSPC``/``EDQUOT`` -> :class:`~frieze.core.errors.NoSpace` naming ENOSPC and the key (the temp file
     is removed, no existing blob changes); ``ENOENT`` on read -> ``NotFound``; ``EEXIST`` -> ``AlreadyExists``;
@@ -34,6 +47,7 @@ import ctypes
 import errno
 import os
 import secrets
+import signal
 import stat as statmod
 import threading
 import time
@@ -49,6 +63,7 @@ from frieze.core.errors import (
     NotFound,
     StorageError,
     TransientStorageError,
+    UsageError,
 )
 from frieze.repo.blobstore._common import check_range
 from frieze.repo.blobstore.base import _SEGMENT, BlobInfo, Capabilities, check_key
@@ -60,6 +75,15 @@ TEMP_SUFFIX = ".tmp"
 
 #: The named steps of a put, in order, at which ``on_point`` is called.
 PUT_POINTS = ("tmp_written", "tmp_fsynced", "linked", "dir_fsynced", "tmp_removed")
+
+#: Environment variable naming a point at which the process kills itself (fault tests; see the module docstring).
+DIE_AT_ENV = "FRIEZE_TEST_DIE_AT"
+#: Object kind by key prefix, for named points.
+KIND_OF_PREFIX = {"data/": "pack", "index/": "index", "snapshots/": "manifest", "snaplist/": "snaplist",
+                  "locks/": "lock", "keys/": "key", "garbage/": "garbage", "config": "config"}
+#: Short names of the put steps.
+STEP_ALIASES = {"write": "tmp_written", "fsync": "tmp_fsynced", "rename": "linked", "dirsync": "dir_fsynced",
+                "done": "tmp_removed"}
 
 _TRANSIENT = {errno.EINTR, errno.EAGAIN, errno.ETIMEDOUT, errno.EBUSY, errno.ESTALE}
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK}
@@ -93,6 +117,62 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
         raise OSError(e, os.strerror(e), str(dst))
 
 
+def kind_of_key(key: str) -> str:
+    """The object kind of a repository key, as used by named points (``other`` if unknown)."""
+    for prefix, kind in KIND_OF_PREFIX.items():
+        if key.startswith(prefix):
+            return kind
+    return "other"
+
+
+class DieAt:
+    """The ``FRIEZE_TEST_DIE_AT`` hook: ``SIGKILL`` this process at the n-th occurrence of a named point."""
+
+    def __init__(self, spec: str) -> None:
+        point, _, nth = spec.strip().partition(":")
+        kind, _, step = point.partition(".")
+        step = STEP_ALIASES.get(step, step)
+        kinds = set(KIND_OF_PREFIX.values()) | {"any"}
+        try:
+            n = int(nth) if nth else 1
+        except ValueError:
+            n = 0
+        if kind not in kinds or step not in PUT_POINTS or n < 1:
+            raise UsageError(f"{DIE_AT_ENV}={spec!r}: expected <kind>.<step>[:<n>] with kind in "
+                             f"{sorted(kinds)}, step in {list(PUT_POINTS)} or {sorted(STEP_ALIASES)}, n >= 1",
+                             spec=spec)
+        self.kind, self.step, self.n = kind, step, n
+        self.seen = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, point: str, key: str) -> None:
+        if point != self.step or (self.kind != "any" and kind_of_key(key) != self.kind):
+            return
+        with self._lock:
+            self.seen += 1
+            if self.seen != self.n:
+                return
+            os.write(2, f"{DIE_AT_ENV} {self.kind}.{self.step}:{self.n} {key}\n".encode())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_die_at: tuple[str, DieAt] | None = None
+_die_at_lock = threading.Lock()
+
+
+def die_at_hook() -> DieAt | None:
+    """The process-wide hook for the current ``FRIEZE_TEST_DIE_AT`` (None when unset): every store opened in
+    one process shares one occurrence count."""
+    global _die_at
+    spec = os.environ.get(DIE_AT_ENV)
+    if not spec:
+        return None
+    with _die_at_lock:
+        if _die_at is None or _die_at[0] != spec:
+            _die_at = (spec, DieAt(spec))
+        return _die_at[1]
+
+
 class LocalBlobStore:
     """Write-once blobs as files under ``root``. See the module docstring for the mapping of the contract."""
 
@@ -108,8 +188,8 @@ class LocalBlobStore:
     ) -> None:
         self.root = Path(root)
         #: Called as ``on_point(point, key)`` at each step of a put (see :data:`PUT_POINTS`); for fault tests
-        #: that kill the process at a named point. None in production.
-        self.on_point = on_point
+        #: that kill the process at a named point. None in production (unless FRIEZE_TEST_DIE_AT is set).
+        self.on_point = on_point if on_point is not None else die_at_hook()
         self.append_only = append_only
         self.file_mode = file_mode
         self.capabilities = Capabilities(name="local")
