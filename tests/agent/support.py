@@ -32,10 +32,10 @@ class PKI:
         return client_context(self.coord["cert"], self.coord["key"], self.coord["ca"])
 
 
-def make_pki(tmp: Path, host: str = "h1") -> PKI:
+def make_pki(tmp: Path, host: str = "h1", sans: list[str] | None = None) -> PKI:
     ca = CertificateAuthority.create(tmp / "ca")
     coord = ca.issue_pair("coordinator", ROLE_COORDINATOR, tmp / "coord")
-    agent = ca.issue_pair(host, ROLE_AGENT, tmp / "agentcert", sans=["127.0.0.1", "localhost"])
+    agent = ca.issue_pair(host, ROLE_AGENT, tmp / "agentcert", sans=["127.0.0.1", "localhost", *(sans or [])])
     return PKI(ca, coord, agent)
 
 
@@ -106,22 +106,26 @@ def wait_health(state: Path, proc: subprocess.Popen[bytes], timeout: float = 30.
 @contextlib.contextmanager
 def run_agent(tmp: Path, pki: PKI, *, apps: dict[str, dict[str, Any]] | None = None,
               volumes: dict[str, dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
-              env: dict[str, str] | None = None) -> Iterator[Agent]:
-    """A real ``python -m frieze.agent run`` process (its own process group), stopped in teardown."""
+              env: dict[str, str] | None = None, listen_host: str = "127.0.0.1",
+              prefix: list[str] | None = None) -> Iterator[Agent]:
+    """A real ``python -m frieze.agent run`` process (its own process group), stopped in teardown.
+    ``prefix``: argv before the interpreter (``["ip", "netns", "exec", NS]`` runs it in a network namespace,
+    listening on ``listen_host``)."""
     port = free_port()
     state = tmp / "agent-state"
     install_agent_cert(pki, state)
-    top = {"name": "h1", "listen": f"127.0.0.1:{port}", "state_dir": str(state),
+    top = {"name": "h1", "listen": f"{listen_host}:{port}", "state_dir": str(state),
            "restore_roots": [str(tmp / "restore")], **(extra or {})}
     cfg = write_config(tmp / "agent.toml", top, apps, volumes)
     penv = dict(os.environ)
     penv.update(env or {})
     log = open(tmp / "agent.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "frieze.agent", "run", "--config", str(cfg)], cwd=str(REPO),
+    proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "frieze.agent", "run", "--config", str(cfg)],
+                            cwd=str(REPO),
                             stdout=log, stderr=subprocess.STDOUT, env=penv, start_new_session=True)
     try:
         wait_health(state, proc)
-        yield Agent(proc, f"https://127.0.0.1:{port}", port, state, cfg, pki)
+        yield Agent(proc, f"https://{listen_host}:{port}", port, state, cfg, pki)
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):

@@ -145,14 +145,17 @@ class GuardianClient:
 
 def spawn_guardian(socket_path: str, *, state_dir: str | None = None, plugins: dict[str, str] | None = None,
                    python: str | None = None, env: dict[str, str] | None = None,
-                   ready_timeout_s: float = 30.0, quiet: bool = False) -> subprocess.Popen[bytes]:
+                   ready_timeout_s: float = 30.0, quiet: bool = False,
+                   prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``python -m frieze.host.guardian`` in its own session and wait until it accepts connections.
 
     The guardian gets its own session (``start_new_session``) so that killing the agent's process group
     does not kill it. ``plugins`` maps extra app kinds to ``module:Class``. The caller owns the process
     (terminate it with SIGTERM: that thaws everything live). ``quiet`` sends its log (stderr) to /dev/null.
+    ``prefix``: argv before the interpreter (e.g. ``["ip", "netns", "exec", NS]``: a guardian in a network
+    namespace; its socket is a file, so an agent outside can still reach it).
     """
-    argv = [python or sys.executable, "-m", "frieze.host.guardian", "--socket", socket_path]
+    argv = [*(prefix or []), python or sys.executable, "-m", "frieze.host.guardian", "--socket", socket_path]
     if state_dir:
         argv += ["--state-dir", state_dir]
     for kind, target in (plugins or {}).items():
