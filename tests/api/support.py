@@ -18,8 +18,8 @@ CANARY_S3 = "CANARY-s3-secret-0c9f21"
 
 
 @contextmanager
-def api(tmp: Path) -> Iterator[tuple[Any, TestClient, dict[str, str]]]:
-    with coordinator(tmp) as c:
+def api(tmp: Path, **cfg: Any) -> Iterator[tuple[Any, TestClient, dict[str, str]]]:
+    with coordinator(tmp, **cfg) as c:
         token = (tmp / "state" / "admin.token").read_text().strip()
         client = TestClient(create_app(c))
         yield c, client, {"Authorization": f"Bearer {token}"}

@@ -151,3 +151,29 @@ def test_canary_secrets_stay_put(tmp_path: Path, capfd: pytest.CaptureFixture[st
         rot = client.post("/v1/vault/rotate", headers=h).json()
         assert rot["reencrypted"] >= 2 and rot["retired"] == ["k1"]
         assert c.secrets.get(f"app/{c.resources.list_apps()[0]['id']}/password").reveal() == CANARY_DB_PW
+
+
+def test_repository_paths_relative_or_outside_roots_are_refused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative repository location would resolve against the server's working directory: refused with
+    a clear error and nothing created there; with repository roots, a path outside them is refused too."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    outside = tmp_path / "outside"
+    with api(tmp_path, repository_roots=[tmp_path / "repos"]) as (_c, client, h):
+        for url in ("repo", "relative/path", "file:relative", "file://relative/x", "./x", "file:./x", "~/x"):
+            r = client.post("/v1/repositories", json={"name": "r", "url": url, "password": "pw", "init": True},
+                            headers=h)
+            assert r.status_code == 400, (url, r.status_code, r.text)
+            assert r.json()["code"] == "usage", r.text
+            assert "absolute" in r.json()["message"] or "local path" in r.json()["message"], r.text
+        for url in (str(outside), f"file://{outside}", f"file://{tmp_path}/repos/../outside", "/etc/frieze-x"):
+            r = client.post("/v1/repositories", json={"name": "r", "url": url, "password": "pw", "init": True},
+                            headers=h)
+            assert r.status_code == 403 and "outside the coordinator's repository roots" in r.json()["message"], r.text
+        r = client.post("/v1/repositories", json={"name": "ok", "url": f"file://{tmp_path}/repos/one",
+                                                  "password": "pw", "init": True}, headers=h)
+        assert r.status_code == 201, r.text
+        assert [x["name"] for x in client.get("/v1/repositories", headers=h).json()] == ["ok"]
+    assert list(cwd.iterdir()) == [] and not outside.exists() and not Path("/etc/frieze-x").exists()

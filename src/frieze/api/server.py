@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--api-tls-cert", type=Path, help="serve the API over HTTPS with this certificate")
     r.add_argument("--api-tls-key", type=Path, help="... and this key file")
     r.add_argument("--agent-dist", type=Path, help="wheel/sdist offered to older agents before any call")
+    r.add_argument("--repository-root", type=Path, action="append", default=[],
+                   help="file repositories must lie under this directory (repeat; default: anywhere)")
+    r.add_argument("--scheduler-interval", type=float, default=5.0, help="seconds between scheduler passes")
     sub.add_parser("openapi")
     a = p.parse_args(argv)
     if a.cmd == "run" and (a.api_tls_cert is None) != (a.api_tls_key is None):
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     serve(CoordinatorConfig(state_dir=a.state_dir, host=a.host, port=a.port, agent_port=a.agent_port,
                             catalog_url=a.catalog_url, engine_url=a.engine_url, executor_id=a.executor_id,
                             scheduler=not a.no_scheduler, min_agent_version=a.min_agent_version,
-                            agent_dist=a.agent_dist, api_tls_cert=a.api_tls_cert, api_tls_key=a.api_tls_key),
+                            agent_dist=a.agent_dist, api_tls_cert=a.api_tls_cert, api_tls_key=a.api_tls_key,
+                            repository_roots=list(a.repository_root), scheduler_interval_s=a.scheduler_interval),
           a.log_level)
     return 0
 

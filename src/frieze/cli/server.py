@@ -41,6 +41,9 @@ def run(
     agent_dist: Annotated[Path | None, typer.Option(help="wheel/sdist of frieze offered to older agents")] = None,
     api_tls_cert: Annotated[Path | None, typer.Option(help="serve the API over HTTPS: certificate file")] = None,
     api_tls_key: Annotated[Path | None, typer.Option(help="serve the API over HTTPS: key file")] = None,
+    repository_root: Annotated[list[Path] | None, typer.Option(
+        help="file repositories must lie under this directory (repeat; default: anywhere)")] = None,
+    scheduler_interval: Annotated[float, typer.Option(help="seconds between scheduler passes")] = 5.0,
 ) -> None:
     """Run a coordinator until SIGTERM/SIGINT. The first start writes an admin token to
     <state-dir>/admin.token (mode 0600); it is never printed."""
@@ -59,6 +62,9 @@ def run(
         args += ["--api-tls-cert", str(api_tls_cert.resolve())]
     if api_tls_key is not None:
         args += ["--api-tls-key", str(api_tls_key.resolve())]
+    for root in repository_root or []:
+        args += ["--repository-root", str(root.resolve())]
+    args += ["--scheduler-interval", str(scheduler_interval)]
     _exec(*args)
 
 

@@ -39,6 +39,8 @@ class CoordinatorConfig:
     min_agent_version: str = "0.1.0"
     #: A wheel or sdist of frieze offered to agents older than ``min_agent_version`` before any call.
     agent_dist: Path | None = None
+    #: file repositories must lie under one of these directories (empty: any absolute path); S3 is unaffected
+    repository_roots: list[Path] = field(default_factory=list)
     scheduler: bool = True
     #: seconds between scheduler passes (ticks due, orphaned claims, agent probes)
     scheduler_interval_s: float = 5.0
@@ -50,6 +52,7 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
+        self.repository_roots = [Path(p).resolve() for p in self.repository_roots]
 
     @property
     def catalog(self) -> str:

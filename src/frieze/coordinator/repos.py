@@ -7,9 +7,11 @@ password or an unreachable store is a clear error that changes nothing.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from frieze.coordinator.catalog.db import Catalog
@@ -17,7 +19,7 @@ from frieze.coordinator.catalog.models import Repository as RepoRow
 from frieze.coordinator.config import CoordinatorConfig
 from frieze.coordinator.resources import Resources
 from frieze.coordinator.secrets_store import SecretStore
-from frieze.core.errors import FriezeError, NotFound, StorageError, UsageError
+from frieze.core.errors import Forbidden, FriezeError, NotFound, StorageError, UsageError
 
 
 def _open_store(url: str, s3: dict[str, str]) -> Any:
@@ -46,6 +48,27 @@ def _open_store(url: str, s3: dict[str, str]) -> Any:
         raise UsageError(f"repository URL {url!r} does not take these credentials", url=url) from e
     except Exception as e:  # translate at the boundary; never echo credentials
         raise StorageError(f"cannot open the store at {url!r}: {type(e).__name__}", url=url) from e
+
+
+def file_path(url: str) -> str | None:
+    """The local path of a file repository URL (``file:///p`` or ``/p``), None for other schemes."""
+    from urllib.parse import unquote, urlsplit
+
+    if url.startswith("/"):
+        return url
+    parts = urlsplit(url)
+    return unquote(parts.path) if parts.scheme == "file" and parts.netloc in ("", "localhost") else None
+
+
+def check_roots(url: str, roots: list[Path]) -> None:
+    """Refuse a file repository outside the configured roots (nothing is created then)."""
+    path = file_path(url)
+    if not roots or path is None or not path.startswith("/"):
+        return
+    real = Path(os.path.realpath(path))
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise Forbidden(f"repository path {path!r} is outside the coordinator's repository roots "
+                        f"({', '.join(str(r) for r in roots)})", url=url)
 
 
 def open_repo(store: Any, password: str, *, init: bool = False, params: Any = None) -> Any:
@@ -81,6 +104,7 @@ class Repos:
         resources.check_repository_name_free(name)
         if not password:
             raise UsageError("a repository password must not be empty")
+        check_roots(url, self.config.repository_roots)
         repo = open_repo(self.store_opener(url, s3), password, init=init, params=self.init_params)
         view = resources.create_repository(name, url, sorted(s3), max_concurrent=max_concurrent)
         with self._lock:
