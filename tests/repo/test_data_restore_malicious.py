@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.repo.test_data_support import DictStore, make_repo
+from tests.repo.test_data_support import make_repo
+from tests.repo.test_format_support import DictStore
 
 from frieze.core.errors import FriezeError, IntegrityError
 from frieze.repo.backup import backup
@@ -259,31 +260,32 @@ def crafter() -> Crafter:
     return Crafter(make_repo())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_malicious_restore(case: Case, crafter: Crafter, tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
+def _run_case(case: Case, crafter: Crafter, root: Path) -> tuple[int, FriezeError | None, bool]:
+    """Run one case under ``root`` (its outside dir, canary and target live there); return (writes outside the
+    target anywhere under ``scan``, the error, refused at commit). ``scan`` is ``root``'s parent, so a sweep
+    over many cases also sees a write into an earlier case's directories."""
+    scan = root.parent
+    outside = root / "outside"
+    outside.mkdir(parents=True)
     (outside / "canary").write_bytes(b"canary")
-    target = tmp_path / "target"
+    target = root / "target"
     if case.prepare:
         case.prepare(outside, target)
     objs = case.build(crafter, outside, target)
     try:
         snap = crafter.snapshot(*objs)
     except FriezeError as e:  # refused at commit time is fine too
-        print(f"RESULT R-MAL case={case.name} refused_at=commit error={e.code}")
-        return
-    before = listing(tmp_path, target)
-    err: Exception | None = None
+        return 0, e, True
+    if not os.path.lexists(target):
+        target.mkdir()  # created now, so that creating it is not counted as a change of its parent
+    before = listing(scan, target)
+    err: FriezeError | None = None
     try:
         restore(crafter.repo, snap, target, **(case.kwargs or {}))
     except FriezeError as e:
         err = e
-    after = listing(tmp_path, target)
-    outside_writes = len(set(before.items()) ^ set(after.items()))
-    print(f"RESULT R-MAL case={case.name} outside_writes={outside_writes} "
-          f"error={err.code if isinstance(err, FriezeError) else None}")
-    assert outside_writes == 0
+    after = listing(scan, target)
+    writes = len(set(before.items()) ^ set(after.items()))
     assert (outside / "canary").read_bytes() == b"canary"
     assert list(outside.iterdir()) == [outside / "canary"]
     if case.expect_error:
@@ -295,10 +297,38 @@ def test_malicious_restore(case: Case, crafter: Crafter, tmp_path: Path) -> None
         assert case.check(outside, target) is not False
     leftovers = [n for _, _, files, _ in os.fwalk(target) for n in files if n.startswith(".frieze-restore-")]
     assert leftovers == []
+    return writes, err, False
 
 
-def test_summary_line() -> None:
-    print(f"RESULT R-MAL cases={len(CASES)} outside_writes=0")
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_malicious_restore(case: Case, crafter: Crafter, tmp_path: Path) -> None:
+    writes, err, refused = _run_case(case, crafter, tmp_path / "case")
+    where = "commit" if refused else "restore"
+    print(f"RESULT R-MAL case={case.name} outside_writes={writes} refused_at={where} "
+          f"error={err.code if err is not None else None}")
+    assert writes == 0
+
+
+def test_summary_line(tmp_path: Path) -> None:
+    """Every case in one sweep, one repository, one directory: the figures are counted, not written in."""
+    crafter = Crafter(make_repo())
+    writes = errors = refused = 0
+    per_case: dict[str, int] = {}
+    for i, case in enumerate(CASES):
+        w, err, ref = _run_case(case, crafter, tmp_path / f"{i:03d}")
+        per_case[case.name] = w
+        writes += w
+        errors += err is not None
+        refused += ref
+    bad = {n: w for n, w in per_case.items() if w}
+    print(f"RESULT R-MAL cases={len(per_case)} outside_writes={writes} clear_errors={errors} "
+          f"refused_at_commit={refused}")
+    assert len(per_case) == len(CASES) >= 40
+    assert writes == 0, bad
+    # control: the scan does see a write outside a target (so the zero above is a measurement)
+    before = listing(tmp_path, tmp_path / "000" / "target")
+    (tmp_path / "planted").write_bytes(b"x")
+    assert len(set(before.items()) ^ set(listing(tmp_path, tmp_path / "000" / "target").items())) >= 1
 
 
 def test_corrupted_blob_fails_closed(tmp_path: Path) -> None:
@@ -320,9 +350,9 @@ def test_corrupted_blob_fails_closed(tmp_path: Path) -> None:
     assert victim is not None
     e = repo.dedup.lookup(victim)
     key = pack_key(e.pack_id)
-    raw = bytearray(store.d[key])
+    raw = bytearray(store.get(key))
     raw[e.offset + e.length // 2] ^= 0x01
-    store.d[key] = bytes(raw)
+    store.force(key, bytes(raw))
     target = tmp_path / "out"
     with pytest.raises(IntegrityError) as ei:
         restore(repo, res.snapshot_id, target, threads=1)

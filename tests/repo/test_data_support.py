@@ -4,64 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from frieze.core.errors import AlreadyExists, NotFound
-from frieze.repo.blobstore.base import BlobInfo, Capabilities, check_key
+from frieze.repo.blobstore.memory import MemoryBlobStore
 from frieze.repo.types import KdfParams, RepoParams
 
 
-class DictStore:
-    """A minimal in-memory BlobStore (used only if the real memory store is not importable)."""
-
-    capabilities = Capabilities(name="dict", persistent=False)
-    append_only = False
-
-    def __init__(self) -> None:
-        self.d: dict[str, bytes] = {}
-        self.lock = threading.Lock()
-
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        check_key(key)
-        with self.lock:
-            if key in self.d:
-                raise AlreadyExists(f"blob {key} exists", key=key)
-            self.d[key] = bytes(data)
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        with self.lock:
-            if key not in self.d:
-                raise NotFound(f"blob {key} missing", key=key)
-            b = self.d[key]
-        return b[offset:] if length is None else b[offset:offset + length]
-
-    def stat(self, key: str) -> BlobInfo | None:
-        with self.lock:
-            b = self.d.get(key)
-        return None if b is None else BlobInfo(key, len(b), 0.0)
-
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        with self.lock:
-            items = [(k, len(v)) for k, v in self.d.items() if k.startswith(prefix)]
-        for k, n in items:
-            yield BlobInfo(k, n, 0.0)
-
-    def delete(self, key: str) -> None:
-        with self.lock:
-            self.d.pop(key, None)
-
-    def close(self) -> None:
-        pass
-
-
-def make_store() -> Any:
-    try:
-        from frieze.repo.blobstore.memory import MemoryBlobStore
-    except ImportError:
-        return DictStore()
+def make_store() -> MemoryBlobStore:
+    """The real in-memory store (a missing module fails the import, never silently swaps in a double)."""
     return MemoryBlobStore()
 
 

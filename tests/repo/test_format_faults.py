@@ -189,8 +189,6 @@ def test_real_full_filesystem_enospc(tmp_path: Path) -> None:
     with loop_fs_or_skip("ext4", 64) as fs:
         root = fs.mount / "repo"
         store = local_store(root)
-        if store is None:
-            pytest.skip("local blob store not available")
         repo = Repository.init(store, PW, params=cheap_params(pack_size=1 << 20, cdc_max=1 << 20))
         rng = random.Random(5)
 

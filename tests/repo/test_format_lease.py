@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.repo.test_format_support import PW, DictStore, cheap_params, dir_store, simple_tree
+from tests.repo.test_format_support import PW, DictStore, cheap_params, local_store, simple_tree
 
 from frieze.core.errors import Busy, LeaseExpired
 from frieze.repo.check import check
@@ -86,10 +86,10 @@ _WRITER = textwrap.dedent("""
     from pathlib import Path
     from frieze.core.errors import LeaseExpired
     from frieze.repo.repository import Repository
-    from tests.repo.test_format_support import dir_store, simple_tree
+    from tests.repo.test_format_support import local_store, simple_tree
     root = sys.argv[1]
     pw = sys.stdin.readline().strip()
-    repo = Repository.open(dir_store(Path(root)), pw, lease_skew_s=0)
+    repo = Repository.open(local_store(Path(root)), pw, lease_skew_s=0)
     shared = [bytes.fromhex(h) for h in sys.argv[2].split(",")]
     with repo.writer(host="paused", lease_s=1.5) as w:
         ids = list(shared)
@@ -112,7 +112,7 @@ _WRITER = textwrap.dedent("""
 @pytest.mark.timeout(120)
 def test_writer_paused_past_lease_during_prune(tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    repo = Repository.init(dir_store(root), PW, params=cheap_params(pack_size=8 * 1024), lease_skew_s=0)
+    repo = Repository.init(local_store(root), PW, params=cheap_params(pack_size=8 * 1024), lease_skew_s=0)
     old_blobs = [os.urandom(3000) for _ in range(4)]
     keep_blobs = [os.urandom(3000) for _ in range(4)]
     sids = []
@@ -150,7 +150,7 @@ def test_writer_paused_past_lease_during_prune(tmp_path: Path) -> None:
             p.kill()
             p.wait()
     refused = "REFUSED lease_expired" in out
-    r = Repository.open(dir_store(root), PW)
+    r = Repository.open(local_store(root), PW)
     snaps = [s.id for s in r.list_snapshots()]
     c = check(r, read_data=True)
     print(f"RESULT lease-paused-writer-during-prune refused={refused} snapshots={len(snaps)} "

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.repo.test_format_support import PW, DictStore, cheap_params, dir_store, simple_tree
+from tests.repo.test_format_support import PW, DictStore, cheap_params, local_store, simple_tree
 
 from frieze.core.retention import RetentionPolicy
 from frieze.repo.check import check
@@ -95,11 +95,11 @@ def test_prune_refuses_when_live_blob_unindexed() -> None:
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from tests.repo.test_format_support import dir_store
+    from tests.repo.test_format_support import local_store
     from frieze.repo.prune import PruneOptions, prune
     from frieze.repo.repository import Repository
     root, pw, at, nth = sys.argv[1], sys.stdin.readline().strip(), sys.argv[2], int(sys.argv[3])
-    repo = Repository.open(dir_store(Path(root)), pw, lease_skew_s=0)
+    repo = Repository.open(local_store(Path(root)), pw, lease_skew_s=0)
     seen = {}
     def step(name):
         seen[name] = seen.get(name, 0) + 1
@@ -119,7 +119,7 @@ def test_kill9_during_prune(tmp_path: Path) -> None:
     kills = 0
     for round_, (at, nth) in enumerate(points):
         root = tmp_path / f"r{round_}"
-        store = dir_store(root)
+        store = local_store(root)
         repo = Repository.init(store, PW, params=cheap_params(pack_size=24 * 1024), lease_skew_s=0)
         shared = [rng.randbytes(4000) for _ in range(6)]
         sets = [shared + [rng.randbytes(4000) for _ in range(8)] for _ in range(4)]
@@ -133,13 +133,13 @@ def test_kill9_during_prune(tmp_path: Path) -> None:
         assert killed or "COMPLETED" in p.stdout, p.stderr
         kills += killed
         # every kept snapshot restores after the kill, and the next prune completes
-        r = Repository.open(dir_store(root), PW, lease_skew_s=0)
+        r = Repository.open(local_store(root), PW, lease_skew_s=0)
         broken = break_stale_locks(r.store, r.ring)
         assert bool(broken) == killed  # a killed prune's lease is broken as stale (its process is gone)
         for i in (1, 3):
             _assert_restores(r, sids[i], sets[i])
         rep = prune(r, NOW_OPTS)
-        r = Repository.open(dir_store(root), PW)
+        r = Repository.open(local_store(root), PW)
         for i in (1, 3):
             _assert_restores(r, sids[i], sets[i])
         c = check(r, read_data=True)
@@ -194,7 +194,7 @@ def test_kill9_during_prune_random_heavy(tmp_path: Path) -> None:
     kills = 0
     for round_ in range(40):
         root = tmp_path / f"h{round_}"
-        repo = Repository.init(dir_store(root), PW, params=cheap_params(pack_size=rng.choice([8, 24, 64]) * 1024),
+        repo = Repository.init(local_store(root), PW, params=cheap_params(pack_size=rng.choice([8, 24, 64]) * 1024),
                                lease_skew_s=0)
         shared = [rng.randbytes(3000) for _ in range(rng.randrange(1, 6))]
         sets = [shared + [rng.randbytes(3000) for _ in range(rng.randrange(2, 10))] for _ in range(5)]
@@ -209,13 +209,13 @@ def test_kill9_during_prune_random_heavy(tmp_path: Path) -> None:
         killed = p.returncode == -signal.SIGKILL
         assert killed or "COMPLETED" in p.stdout, p.stderr
         kills += killed
-        r = Repository.open(dir_store(root), PW, lease_skew_s=0)
+        r = Repository.open(local_store(root), PW, lease_skew_s=0)
         break_stale_locks(r.store, r.ring)
         kept = [i for i in range(5) if i not in gone]
         for i in kept:
             _assert_restores(r, sids[i], sets[i])
         prune(r, NOW_OPTS)
-        r = Repository.open(dir_store(root), PW)
+        r = Repository.open(local_store(root), PW)
         for i in kept:
             _assert_restores(r, sids[i], sets[i])
         c = check(r, read_data=True)

@@ -46,9 +46,7 @@ def _roundtrip(store: object, tmp_path: Path) -> None:
 
 def test_roundtrip_memory_and_local(tmp_path: Path) -> None:
     _roundtrip(memory_store(), tmp_path)
-    ls = local_store(tmp_path / "repo")
-    if ls is not None:
-        _roundtrip(ls, tmp_path / "l")
+    _roundtrip(local_store(tmp_path / "repo"), tmp_path / "l")
 
 
 def test_init_twice_refused() -> None:

@@ -3,26 +3,21 @@ conditional creates, forget + prune, check --read-data."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
-from typing import Any
 
 import pytest
 from tests.repo.test_format_support import PW, cheap_params, simple_tree
 from tests.support.s3 import S3Server, s3_server  # noqa: F401
 
+from frieze.repo.blobstore.s3 import S3BlobStore
 from frieze.repo.check import check
 from frieze.repo.prune import PruneOptions, forget, prune
 from frieze.repo.repository import Repository
 
 
-def _store(server: S3Server, bucket: str) -> Any:
-    try:
-        mod = importlib.import_module("frieze.repo.blobstore.s3")
-    except ImportError as e:
-        pytest.skip(f"S3 blob store not importable: {e}")
-    return mod.S3BlobStore(bucket, prefix="repo", endpoint_url=server.endpoint, region=server.region,
+def _store(server: S3Server, bucket: str) -> S3BlobStore:
+    return S3BlobStore(bucket, prefix="repo", endpoint_url=server.endpoint, region=server.region,
                            credentials=server.credentials)
 
 

@@ -113,9 +113,9 @@ _PROC_WRITER = """
 import sys
 from pathlib import Path
 from frieze.repo.repository import Repository
-from tests.repo.test_format_support import dir_store, simple_tree
+from tests.repo.test_format_support import local_store, simple_tree
 root, tag = sys.argv[1], sys.argv[2]
-repo = Repository.open(dir_store(Path(root)), sys.stdin.readline().strip())
+repo = Repository.open(local_store(Path(root)), sys.stdin.readline().strip())
 ids = []
 for n in range(3):
     with repo.writer(host=tag) as w:
@@ -132,12 +132,12 @@ def test_concurrent_writer_processes(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.repo.test_format_support import dir_store
+    from tests.repo.test_format_support import local_store
 
     from frieze.repo.check import check
 
     root = tmp_path / "repo"
-    Repository.init(dir_store(root), PW, params=cheap_params(pack_size=8 * 1024))
+    Repository.init(local_store(root), PW, params=cheap_params(pack_size=8 * 1024))
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd() / "src"), str(Path.cwd())])
     procs = [subprocess.Popen([sys.executable, "-c", _PROC_WRITER, str(root), f"p{i}"], stdin=subprocess.PIPE,
@@ -145,7 +145,7 @@ def test_concurrent_writer_processes(tmp_path: Path) -> None:
     outs = [p.communicate(PW + "\n", timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     committed = {line for o in outs for line in o[0].split()}
-    repo = Repository.open(dir_store(root), PW)
+    repo = Repository.open(local_store(root), PW)
     assert {s.id for s in repo.list_snapshots()} == committed and len(committed) == 9
     c = check(repo, read_data=True)
     assert c.ok, c.to_json()

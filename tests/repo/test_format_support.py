@@ -1,12 +1,12 @@
 """Helpers for the repository-format tests (no tests here).
 
-``DictStore`` is a tiny in-test blob store used only where the real stores are not needed; the real
-memory and local stores are used when present (``stores()``).
+``DictStore`` is a tiny in-test blob store for damage tests (``force`` bypasses write-once); everything
+else uses the real stores: ``memory_store()`` (MemoryBlobStore) and ``local_store()`` (LocalBlobStore). A
+missing store module is an import error here, never a skip.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +15,8 @@ from typing import Any
 
 from frieze.core.errors import AlreadyExists, Forbidden, NotFound
 from frieze.repo.blobstore.base import BlobInfo, Capabilities, check_key
+from frieze.repo.blobstore.local import LocalBlobStore
+from frieze.repo.blobstore.memory import MemoryBlobStore
 from frieze.repo.types import KdfParams, RepoParams
 
 PW = "correct horse battery staple"
@@ -77,20 +79,14 @@ class DictStore:
             self.blobs[key] = (data, time.time())
 
 
-def memory_store(append_only: bool = False) -> Any:
-    try:
-        mod = importlib.import_module("frieze.repo.blobstore.memory")
-        return mod.MemoryBlobStore(append_only=append_only)
-    except (ImportError, AttributeError, TypeError):
-        return DictStore(append_only=append_only)
+def memory_store(append_only: bool = False) -> MemoryBlobStore:
+    """The real in-memory store."""
+    return MemoryBlobStore(append_only=append_only)
 
 
-def local_store(root: Path, append_only: bool = False) -> Any | None:
-    try:
-        mod = importlib.import_module("frieze.repo.blobstore.local")
-        return mod.LocalBlobStore(root, append_only=append_only)
-    except (ImportError, AttributeError, TypeError):
-        return None
+def local_store(root: Path, append_only: bool = False) -> LocalBlobStore:
+    """The real local directory store (temp file, fsync, link, directory fsync)."""
+    return LocalBlobStore(root, append_only=append_only)
 
 
 def simple_tree(repo: Any, w: Any, data_ids: list[bytes], subtrees: list[bytes] | None = None) -> bytes:
@@ -110,88 +106,3 @@ def simple_tree(repo: Any, w: Any, data_ids: list[bytes], subtrees: list[bytes] 
     tid: bytes = repo.chunk_id(blob)
     w.add_blob(tid, blob, kind=BlobKind.TREE)
     return tid
-
-
-class DirStore:
-    """A minimal directory store for tests that need persistence before/without the real local store:
-    temp file + fsync + link (create-if-absent) + directory fsync."""
-
-    def __init__(self, root: Path, append_only: bool = False) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.capabilities = Capabilities(name="testdir")
-        self.append_only = append_only
-
-    def _p(self, key: str) -> Path:
-        return self.root / check_key(key)
-
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        import os
-        import tempfile
-
-        p = self._p(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, p)
-            except FileExistsError:
-                raise AlreadyExists(f"blob {key} exists", key=key) from None
-        finally:
-            os.unlink(tmp)
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        try:
-            with open(self._p(key), "rb") as f:
-                f.seek(offset)
-                return f.read() if length is None else f.read(length)
-        except FileNotFoundError:
-            raise NotFound(f"blob {key} not found", key=key) from None
-
-    def stat(self, key: str) -> BlobInfo | None:
-        try:
-            s = self._p(key).stat()
-        except FileNotFoundError:
-            return None
-        return BlobInfo(key, s.st_size, s.st_mtime)
-
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        import os
-
-        for dirpath, _dirs, files in os.walk(self.root):
-            for fn in files:
-                if fn.startswith(".tmp-"):
-                    continue
-                full = Path(dirpath) / fn
-                key = full.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    try:
-                        s = full.stat()
-                    except FileNotFoundError:
-                        continue
-                    yield BlobInfo(key, s.st_size, s.st_mtime)
-
-    def delete(self, key: str) -> None:
-        if self.append_only:
-            raise Forbidden(f"store is append-only: delete of {key} refused", key=key)
-        try:
-            self._p(key).unlink()
-        except FileNotFoundError:
-            pass
-
-    def close(self) -> None:
-        pass
-
-
-def dir_store(root: Path, append_only: bool = False) -> Any:
-    """The real local store when present, else DirStore."""
-    return local_store(root, append_only) or DirStore(root, append_only)
