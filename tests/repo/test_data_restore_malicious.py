@@ -326,9 +326,10 @@ def test_summary_line(tmp_path: Path) -> None:
     assert len(per_case) == len(CASES) >= 40
     assert writes == 0, bad
     # control: the scan does see a write outside a target (so the zero above is a measurement)
-    before = listing(tmp_path, tmp_path / "000" / "target")
-    (tmp_path / "planted").write_bytes(b"x")
-    assert len(set(before.items()) ^ set(listing(tmp_path, tmp_path / "000" / "target").items())) >= 1
+    ctl = tmp_path / "000"
+    before = listing(ctl, ctl / "target")
+    (ctl / "outside" / "planted").write_bytes(b"x")
+    assert len(set(before.items()) ^ set(listing(ctl, ctl / "target").items())) == 1
 
 
 def test_corrupted_blob_fails_closed(tmp_path: Path) -> None:
