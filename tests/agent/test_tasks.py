@@ -117,3 +117,12 @@ def test_lease_runs_out(agent: Agent) -> None:
         conn.close()
         u = c.wait(c.unquiesce("db1", epoch=400).id)
         assert u.changed is False and u.result is not None and u.result["lease_held"] is False
+
+
+def test_default_lease_when_none_given(agent: Agent) -> None:
+    """A quiesce without ``lease_s`` gets the documented default: 60 s for an app (10 s for files)."""
+    with agent.client() as c:
+        q = c.wait(c.quiesce("db1", epoch=500).id)
+        assert q.changed and q.result is not None and q.result["lease_s"] == 60.0
+        u = c.wait(c.unquiesce("db1", epoch=500).id)
+        assert u.changed and u.result is not None and u.result["lease_held"] is True

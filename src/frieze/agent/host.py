@@ -331,17 +331,18 @@ class HostService:
         mount = self._freeze_mount(spec)
         if mount is not None:
             self.mounts.begin_freeze(mount, spec.name)  # no agent I/O on it from here; waits for running I/O
+        lease_s = req.lease_for(spec.kind)
         try:
-            changed, info = self.freezer.quiesce(spec, epoch=req.epoch, lease_s=req.lease_s)
+            changed, info = self.freezer.quiesce(spec, epoch=req.epoch, lease_s=lease_s)
         except BaseException:
             if mount is not None and self.freezer.held_epoch(spec.name) in (None, False):
                 self.mounts.end_freeze(mount)
             raise
         if mount is not None:
-            self.mounts.frozen_until(mount, time.monotonic() + req.lease_s + 1.0)
-        msg = (f"app {spec.name!r} quiesced under epoch {req.epoch} (lease {req.lease_s}s)" if changed
+            self.mounts.frozen_until(mount, time.monotonic() + lease_s + 1.0)
+        msg = (f"app {spec.name!r} quiesced under epoch {req.epoch} (lease {lease_s}s)" if changed
                else f"app {spec.name!r} is already quiesced under epoch {req.epoch}")
-        return changed, msg, {"epoch": req.epoch, "lease_s": req.lease_s, "info": info}
+        return changed, msg, {"epoch": req.epoch, "lease_s": lease_s, "info": info}
 
     def do_unquiesce(self, spec: AppSpec, req: UnquiesceRequest) -> Outcome:
         changed, message, info = self.freezer.unquiesce(spec, epoch=req.epoch)

@@ -157,7 +157,7 @@ class AgentClient:
     def verify(self, app: str, *, secrets: dict[str, str] | None = None) -> Task:
         return self._app(app, "verify", {"secrets": secrets}, None)
 
-    def quiesce(self, app: str, *, epoch: int, lease_s: float, secrets: dict[str, str] | None = None,
+    def quiesce(self, app: str, *, epoch: int, lease_s: float | None = None, secrets: dict[str, str] | None = None,
                 kind: str | None = None, data_dir: str | None = None, idempotency_key: str | None = None) -> Task:
         return self._app(app, "quiesce", {"epoch": epoch, "lease_s": lease_s, "secrets": secrets, "kind": kind,
                                           "data_dir": data_dir}, idempotency_key)

@@ -36,9 +36,22 @@ class AppCall(_Req):
     secrets: dict[str, str] = Field(default_factory=dict, repr=False)
 
 
+#: The lease a quiesce gets when the request names none (docs/design/agent-protocol.md §4).
+DEFAULT_APP_LEASE_S = 60.0
+DEFAULT_FS_LEASE_S = 10.0
+
+
 class QuiesceRequest(AppCall):
     epoch: int = Field(ge=1)
-    lease_s: float = Field(description="lease in seconds; must be > 0", gt=0, le=3600)
+    lease_s: float | None = Field(default=None, gt=0, le=3600,
+                                  description="lease in seconds, > 0; omitted: 10 s for a file system freeze "
+                                              "(files), 60 s for an application quiesce")
+
+    def lease_for(self, kind: str) -> float:
+        """The effective lease for an app of ``kind``."""
+        if self.lease_s is not None:
+            return float(self.lease_s)
+        return DEFAULT_FS_LEASE_S if kind == "files" else DEFAULT_APP_LEASE_S
 
 
 class UnquiesceRequest(AppCall):

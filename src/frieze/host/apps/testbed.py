@@ -64,9 +64,25 @@ def _wait_for(pred: Any, timeout: float, what: str, interval: float = 0.05) -> N
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+#: Where :func:`owned_tempdir` makes engine directories (see :func:`temp_base`).
+TEMP_BASE = ["/tmp"]
+
+
+@contextlib.contextmanager
+def temp_base(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Make the engines started inside the block live under ``path`` (a volume on a given file system, e.g.
+    a btrfs subvolume or an XFS loop mount, so a provider can snapshot them). Every directory above it must
+    be traversable by the engine's OS user."""
+    TEMP_BASE.append(os.fspath(path))
+    try:
+        yield
+    finally:
+        TEMP_BASE.pop()
+
+
 def owned_tempdir(prefix: str, owner: str | None = None) -> Path:
-    """A fresh 0700 directory under /tmp, owned by ``owner`` (an OS user) when given."""
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A fresh 0700 directory under /tmp (or :func:`temp_base`), owned by ``owner`` (an OS user) when given."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=TEMP_BASE[-1]))
     if owner and os.geteuid() == 0:
         pw = pwd.getpwnam(owner)
         os.chown(d, pw.pw_uid, pw.pw_gid)
@@ -868,7 +884,8 @@ def loop_mount(size_mb: int = 32, fstype: str = "ext4") -> Iterator[Path]:
     try:
         with open(img, "wb") as f:
             f.truncate(size_mb * 1024 * 1024)
-        mkfs = ["mkfs.ext4", "-q", "-F"] if fstype == "ext4" else [f"mkfs.{fstype}", "-q", "-f"]
+        mkfs = (["mkfs.ext4", "-q", "-F"] if fstype == "ext4" else ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]
+                if fstype == "xfs" else [f"mkfs.{fstype}", "-q", "-f"])
         subprocess.run([*mkfs, str(img)], check=True, capture_output=True)
         r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
         if r.returncode != 0:
