@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 FRIEZE = str(Path(sys.executable).with_name("frieze"))
 PASSWORD = "correct horse battery staple"
+PYCACHE = os.path.join(tempfile.gettempdir(), f"frieze-test-pycache-{os.getuid()}")
 
 
 def _env(tmp: Path, **extra: str | None) -> dict[str, str]:
@@ -26,7 +28,10 @@ def _env(tmp: Path, **extra: str | None) -> dict[str, str]:
     if not pw.exists():
         pw.write_text(PASSWORD + "\n")
     env.update({"FRIEZE_PASSWORD_FILE": str(pw), "FRIEZE_INSECURE_TEST_KDF": "1",
-                "XDG_STATE_HOME": str(tmp / "state"), "COLUMNS": "200"})
+                "XDG_STATE_HOME": str(tmp / "state"), "COLUMNS": "200",
+                # bytecode cached outside the source tree: ~0.5 s less per run than compiling every module
+                "PYTHONPYCACHEPREFIX": PYCACHE})
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     for k, v in extra.items():
         if v is None:
             env.pop(k, None)
@@ -89,7 +94,7 @@ def tree(root: Path) -> dict[str, tuple[str, str]]:
 def make_source(src: Path) -> None:
     (src / "sub" / "deep").mkdir(parents=True)
     (src / "a.txt").write_text("alpha\n" * 1000)
-    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    (src / "big.bin").write_bytes(os.urandom(3 << 19))
     (src / "empty").write_bytes(b"")
     (src / "sub" / "b.txt").write_text("bravo\n")
     (src / "sub" / "deep" / "c.bin").write_bytes(os.urandom(70_000))
@@ -145,7 +150,7 @@ def test_init_backup_restore_diff_check_forget_prune(tmp_path: Path) -> None:
     assert set(paths) == {"a.txt", "big.bin", "empty", "link", "new.txt", "sub", "sub/b.txt", "sub/deep",
                           "sub/deep/c.bin"}
     assert paths["link"]["target"] == "a.txt" and paths["sub/b.txt"]["mode"] == "0640"
-    assert paths["big.bin"]["size"] == 3 << 20
+    assert paths["big.bin"]["size"] == 3 << 19
     top = js(tmp, "ls", b2["snapshot"][:10], "sub", **env)
     assert [e["path"] for e in top["entries"]] == ["sub/b.txt", "sub/deep"]
 

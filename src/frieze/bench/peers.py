@@ -88,6 +88,9 @@ class Frieze(Tool):
         e["FRIEZE_REPO"] = str(self.repo)
         e["FRIEZE_PASSWORD_FILE"] = str(self.password_file)
         e["FRIEZE_STATE_DIR"] = str(self.repo.parent / "frieze-state")
+        # as installed: bytecode cached (outside the source tree), not every module compiled on every run
+        e.pop("PYTHONDONTWRITEBYTECODE", None)
+        e["PYTHONPYCACHEPREFIX"] = str(self.repo.parent.parent / "pycache")
         return e
 
     def init(self) -> None:
