@@ -98,6 +98,8 @@ def make_binaries(dst: Path, total_mb: int) -> int:
         st = p.stat()
         if (st.st_dev, st.st_ino) in seen:
             continue
+        if st.st_size > total - written + (1 << 20):
+            continue  # would overshoot a small corpus many times over (a 100 MB library in a 2 MB budget)
         seen.add((st.st_dev, st.st_ino))
         rel = dst / p.relative_to("/")
         rel.parent.mkdir(parents=True, exist_ok=True)
