@@ -1,7 +1,10 @@
 """kill -9 during backup (real processes, real local blob store): every committed snapshot restores byte for
 byte, check stays clean, and a re-run reuses what the killed run had made durable.
 
-CI: 50 kills at random moments (``FRIEZE_KILLS`` overrides; the ``heavy`` variant runs 200).
+CI: 50 kills at random moments (``FRIEZE_KILLS`` overrides; the ``heavy`` variant runs 200), plus 30 kills at
+named points: the backup subprocess kills itself with SIGKILL (``FRIEZE_TEST_DIE_AT``, read by the local blob
+store) right after a pack, index, manifest or snapshot-list object's temp-file write, fsync, link (the
+rename), directory fsync or temp removal.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 
 from frieze.core.errors import FriezeError
-from frieze.repo.blobstore.local import LocalBlobStore
+from frieze.repo.blobstore.local import DIE_AT_ENV, PUT_POINTS, LocalBlobStore
 from frieze.repo.check import check
 from frieze.repo.pack import DATA_PREFIX, parse_trailer
 from frieze.repo.repository import Repository
@@ -32,7 +35,7 @@ PARAMS = RepoParams(cdc_min=16 * 1024, cdc_avg=64 * 1024, cdc_max=256 * 1024, pa
 
 CHILD = textwrap.dedent("""
     import sys
-    from frieze.repo.blobstore.local import LocalBlobStore
+    from frieze.repo.blobstore.local import DIE_AT_ENV, PUT_POINTS, LocalBlobStore
     from frieze.repo.repository import Repository
     from frieze.repo.backup import backup
     repo = Repository.open(LocalBlobStore(sys.argv[1]), "pw")
@@ -97,8 +100,11 @@ def _rewritten(repo: Any) -> tuple[int, int]:
 
 
 class Child:
-    def __init__(self, store: Path, src: Path, n: int) -> None:
+    def __init__(self, store: Path, src: Path, n: int, die_at: str | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd() / "src"), str(Path.cwd())])}
+        env.pop(DIE_AT_ENV, None)
+        if die_at is not None:
+            env[DIE_AT_ENV] = die_at
         self.p = subprocess.Popen([sys.executable, "-c", CHILD, str(store), str(src), str(n)], env=env,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.p.stdout is not None and self.p.stdout.readline().strip() == b"ready"
@@ -233,3 +239,88 @@ def test_kill_during_backup(tmp_path: Path) -> None:
 @pytest.mark.heavy
 def test_kill_during_backup_heavy(tmp_path: Path) -> None:
     _run_kills(tmp_path, 200)
+
+
+# -- named points ---------------------------------------------------------------------------------------------
+
+#: (object kind, occurrences): every step of PUT_POINTS at each; a run stores ~16 new packs and writes 3 index
+#: files (every 8 packs, and at commit), so "pack ...:9" dies mid-run with one index already written.
+NAMED_KINDS = [("pack", (1, 9)), ("index", (1, 2)), ("manifest", (1,)), ("snaplist", (1,))]
+
+
+def _mutate_named(src: Path, rng: random.Random, n: int) -> None:
+    _mutate(src, rng, n)
+    (src / "new.bin").write_bytes(rng.randbytes(2_000_000))  # ~16 packs of 128 KiB, all new
+
+
+def _verify(repo: Repository, expected: dict[int, dict[str, str]], out: Path) -> int:
+    """check is clean (reading every pack) and every committed snapshot restores byte for byte; returns how
+    many snapshots were restored."""
+    report = check(repo, read_data=True)
+    errors = [p.to_dict() for p in report.problems if p.severity == "error"]
+    assert errors == [], errors[:5]
+    n = 0
+    for s in repo.list_snapshots():
+        snap = repo.load_snapshot(s.id)
+        target = out / f"r{n}"
+        restore(repo, s.id, target)
+        assert _digest(target) == expected[snap.label["round"]], f"snapshot {s.id} round {snap.label['round']}"
+        n += 1
+    return n
+
+
+def _run_child(store_dir: Path, src: Path, n: int, die_at: str | None) -> tuple[int, bytes]:
+    c = Child(store_dir, src, n, die_at)
+    try:
+        c.go()
+        assert c.p.stdin is not None and c.p.stderr is not None
+        c.p.stdin.close()
+        err = c.p.stderr.read()
+        c.p.wait(timeout=120)
+        return c.p.returncode, err
+    finally:
+        c.close()
+
+
+def test_kill_at_named_points(tmp_path: Path) -> None:
+    rng = random.Random(777)
+    kills = clean = restored = 0
+    reuse: list[float] = []
+    points: set[str] = set()
+    for kind, occurrences in NAMED_KINDS:
+        store_dir, src = tmp_path / kind / "store", tmp_path / kind / "src"
+        Repository.init(LocalBlobStore(store_dir), "pw", params=PARAMS)
+        _fill(src, rng)
+        expected = {0: _digest(src)}
+        rc, err = _run_child(store_dir, src, 0, None)
+        assert rc == 0, err.decode(errors="replace")[-2000:]
+        n = 0
+        for step in PUT_POINTS:
+            for nth in occurrences:
+                n += 1
+                _mutate_named(src, rng, n)
+                expected[n] = _digest(src)
+                point = f"{kind}.{step}:{nth}"
+                before = _store_bytes(store_dir)
+                rc, err = _run_child(store_dir, src, n, point)
+                assert rc == -signal.SIGKILL and f"{DIE_AT_ENV} {point}".encode() in err, \
+                    (point, rc, err.decode(errors="replace")[-2000:])
+                kills += 1
+                points.add(f"{kind}.{step}")
+                killed_stored = _store_bytes(store_dir) - before
+                repo = Repository.open(LocalBlobStore(store_dir), "pw")
+                restored += _verify(repo, expected, tmp_path / kind / f"out{n}")
+                clean += 1
+                dup_before, _ = _rewritten(repo)
+                rc, err = _run_child(store_dir, src, n, None)  # the re-run
+                assert rc == 0, err.decode(errors="replace")[-2000:]
+                dup_after, _ = _rewritten(Repository.open(LocalBlobStore(store_dir), "pw"))
+                if killed_stored > 0:
+                    reuse.append(1 - (dup_after - dup_before) / killed_stored)
+        repo = Repository.open(LocalBlobStore(store_dir), "pw")
+        restored += _verify(repo, expected, tmp_path / kind / "final")
+    reuse_min = min(reuse)
+    print(f"RESULT R-KILL-NAMED points={len(points)} kills={kills} check_clean={clean} restored={restored} "
+          f"reuse_min_pct={100 * reuse_min:.1f} reuse_measured={len(reuse)}")
+    assert len(points) == 4 * len(PUT_POINTS) and clean == kills
+    assert reuse_min >= 0.9, reuse

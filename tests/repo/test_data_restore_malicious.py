@@ -260,6 +260,41 @@ def crafter() -> Crafter:
     return Crafter(make_repo())
 
 
+def _rm_tree(path: Path) -> None:
+    """Remove a tree of any depth (the too-deep case nests past PATH_MAX and the recursion limit, which
+    shutil.rmtree and pytest's temp-dir cleanup cannot): iterative, through directory file descriptors."""
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
+        return
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    parent = os.open(path.parent, flags)
+    stack: list[tuple[int, str]] = [(parent, path.name)]  # (fd of the directory holding it, name)
+    fds: list[int] = [parent]
+    try:
+        while stack:
+            pfd, name = stack[-1]
+            fd = os.open(name, flags, dir_fd=pfd)
+            sub = None
+            with os.scandir(fd) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        sub = e.name
+                        break
+                    os.unlink(e.name, dir_fd=fd)
+            if sub is None:
+                os.close(fd)
+                os.rmdir(name, dir_fd=pfd)
+                stack.pop()
+            else:
+                fds.append(fd)
+                stack.append((fd, sub))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _run_case(case: Case, crafter: Crafter, root: Path) -> tuple[int, FriezeError | None, bool]:
     """Run one case under ``root`` (its outside dir, canary and target live there); return (writes outside the
     target anywhere under ``scan``, the error, refused at commit). ``scan`` is ``root``'s parent, so a sweep
@@ -297,6 +332,7 @@ def _run_case(case: Case, crafter: Crafter, root: Path) -> tuple[int, FriezeErro
         assert case.check(outside, target) is not False
     leftovers = [n for _, _, files, _ in os.fwalk(target) for n in files if n.startswith(".frieze-restore-")]
     assert leftovers == []
+    _rm_tree(target)
     return writes, err, False
 
 

@@ -264,3 +264,21 @@ def test_kill9_at_each_named_put_point(tmp_path: Path, point: str) -> None:
     else:
         s.put("p/2", b"again")
     print(f"RESULT local-kill-point point={point} visible={len(keys)} temps_left={len(temps)} ok=1")
+
+
+def test_die_at_hook_is_off_unless_set_and_refuses_a_bad_spec(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from frieze.core.errors import UsageError
+    from frieze.repo.blobstore.local import DIE_AT_ENV, DieAt, LocalBlobStore
+
+    monkeypatch.delenv(DIE_AT_ENV, raising=False)
+    assert LocalBlobStore(tmp_path / "a").on_point is None  # production: no hook at all
+    for bad in ("pack", "pack.nope", "nokind.write", "pack.write:0", "pack.write:x"):
+        monkeypatch.setenv(DIE_AT_ENV, bad)
+        with pytest.raises(UsageError, match=DIE_AT_ENV):
+            LocalBlobStore(tmp_path / "b")
+    monkeypatch.setenv(DIE_AT_ENV, "index.rename:3")
+    s = LocalBlobStore(tmp_path / "c")
+    assert isinstance(s.on_point, DieAt) and (s.on_point.kind, s.on_point.step, s.on_point.n) == ("index", "linked", 3)
+    s.put("data/ab/x", b"1")  # other kinds do not count
+    assert s.on_point.seen == 0
