@@ -41,9 +41,12 @@ def error_from(status: int, body: Any) -> FriezeError:
     if isinstance(body, dict) and isinstance(body.get("code"), str):
         code = body["code"]
         cls = _classes().get(code)
-        if cls is None:
-            cls = _classes().get(code.split(".")[0]) or (UsageError if status < 500 else FriezeError)
-        e = cls(str(body.get("message", code)), **(body.get("details") or {}))
+        if cls is None:  # a finer code than the CLI knows (usage.invalid_request): its family, same code
+            base = _classes().get(code.split(".")[0]) or (UsageError if status < 500 else FriezeError)
+            cls = type(base.__name__, (base,), {"code": code})
+        raw = body.get("details")
+        details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        e = cls(str(body.get("message", code)), **details)
         return e
     return FriezeError(f"the coordinator answered HTTP {status}")
 

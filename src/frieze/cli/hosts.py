@@ -10,14 +10,31 @@ from frieze.cli.client import Client, emit
 from frieze.cli.ops import Json, Server, TokenFile
 
 app = typer.Typer(help="Hosts and their agents.", no_args_is_help=True)
-COLUMNS = ["name", "id", "state", "agent_version", "address", "last_heartbeat"]
+COLUMNS = ["name", "id", "state", "agent_version", "address", "last_heartbeat", "max_concurrent"]
+MaxConcurrent = Annotated[int, typer.Option(help="at most this many backups touching it at once")]
 
 
 @app.command()
 def add(name: str, address: Annotated[str | None, typer.Option(help="https://host:port of its agent")] = None,
+        max_concurrent: MaxConcurrent = 2,
         server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
     """Register a host; prints its one-time enrollment token (for `frieze agent enroll`)."""
-    emit(Client(server, token_file).post("/hosts", {"name": name, "address": address}), json)
+    emit(Client(server, token_file).post("/hosts", {"name": name, "address": address,
+                                                    "max_concurrent": max_concurrent}), json)
+
+
+@app.command()
+def show(name: str, server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """One host, with its state and agent version."""
+    emit(Client(server, token_file).get(f"/hosts/{name}"), json)
+
+
+@app.command()
+def limit(name: str, max_concurrent: Annotated[int, typer.Argument(help="backups at once")],
+          server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Set how many backups may touch the host at once."""
+    emit(Client(server, token_file).request("PUT", f"/hosts/{name}/limits", {"max_concurrent": max_concurrent}),
+         json)
 
 
 @app.command("list")

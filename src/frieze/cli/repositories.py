@@ -9,6 +9,7 @@ import typer
 
 from frieze.cli.client import Client, emit, read_secret
 from frieze.cli.ops import Json, Server, TokenFile
+from frieze.core.errors import UsageError
 
 app = typer.Typer(help="Repositories (the vault).", no_args_is_help=True)
 
@@ -17,13 +18,33 @@ app = typer.Typer(help="Repositories (the vault).", no_args_is_help=True)
 def add(name: str, url: str,
         password_file: Annotated[Path | None, typer.Option(help="file with the password ('-': stdin)")] = None,
         init: Annotated[bool, typer.Option(help="create it (else open it and check the password)")] = False,
+        s3_keys_file: Annotated[Path | None, typer.Option(
+            help="file with two lines: S3 access key id, secret access key ('-': stdin)")] = None,
+        max_concurrent: Annotated[int, typer.Option(help="at most this many backups into it at once")] = 2,
         server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
     """Register a repository (file:///path or s3://...); the coordinator opens it first."""
-    pw = read_secret("repository password", password_file)
-    emit(Client(server, token_file, timeout=120).post("/repositories", {"name": name, "url": url, "password": pw,
-                                                                        "init": init}), json)
+    body: dict[str, object] = {"name": name, "url": url, "init": init, "max_concurrent": max_concurrent}
+    if s3_keys_file is not None:
+        body.update(_s3_keys(s3_keys_file))
+    body["password"] = read_secret("repository password", password_file)
+    emit(Client(server, token_file, timeout=120).post("/repositories", body), json)
+
+
+def _s3_keys(path: Path) -> dict[str, str]:
+    lines = read_secret("S3 keys", path).splitlines()
+    if len(lines) < 2 or not lines[0].strip() or not lines[1].strip():
+        raise UsageError("the S3 keys file needs two lines: the access key id, then the secret access key")
+    return {"s3_access_key_id": lines[0].strip(), "s3_secret_access_key": lines[1].strip()}
 
 
 @app.command("list")
 def list_cmd(server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
-    emit(Client(server, token_file).get("/repositories"), json, ["name", "id", "url"])
+    emit(Client(server, token_file).get("/repositories"), json, ["name", "id", "url", "max_concurrent"])
+
+
+@app.command()
+def limit(name: str, max_concurrent: Annotated[int, typer.Argument(help="backups at once")],
+          server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Set how many backups may write the repository at once."""
+    emit(Client(server, token_file).request("PUT", f"/repositories/{name}/limits",
+                                            {"max_concurrent": max_concurrent}), json)
