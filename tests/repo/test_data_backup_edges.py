@@ -25,9 +25,20 @@ def _repo() -> Any:
 
 
 def test_missing_path_changes_nothing(tmp_path: Path, repo: Any) -> None:
-    with pytest.raises(NotFound, match="does not exist"):
-        backup(repo, [str(tmp_path / "nope")], host="h")
-    assert repo.list_snapshots() == []
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(10_000))
+    backup(repo, [str(src)], host="h")
+
+    def contents() -> dict[str, bytes]:
+        return {b.key: repo.store.get(b.key) for b in repo.store.list("")}
+
+    before, snaps = contents(), repo.list_snapshots()
+    with pytest.raises(NotFound, match="does not exist") as ei:
+        backup(repo, [str(src), str(tmp_path / "nope")], host="h")
+    assert str(tmp_path / "nope") in ei.value.message and ei.value.exit_code != 0
+    assert contents() == before  # the same keys with the same bytes
+    assert repo.list_snapshots() == snaps
 
 
 def test_vanished_file_is_a_warning_not_a_failure(tmp_path: Path, repo: Any) -> None:

@@ -54,8 +54,11 @@ def test_newer_version() -> None:
     cfg = bytearray(st.blobs["config"][0])
     struct.pack_into("<H", cfg, 4, 2)
     st.force("config", bytes(cfg))
-    with pytest.raises(FormatError, match="newer"):
+    before = _snapshot(st)
+    with pytest.raises(FormatError, match="newer") as ei:
         Repository.open(st, PW)
+    assert ei.value.exit_code != 0
+    assert _snapshot(st) == before
 
 
 def test_config_from_other_repo_detected() -> None:
