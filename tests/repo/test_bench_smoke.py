@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from frieze.bench.pg import PGBIN
-from frieze.bench.repo_bench import TARGETS
+from frieze.bench.repo_bench import RANGES, TARGETS
 
 FRIEZE = str(Path(sys.executable).with_name("frieze"))
 MISSING = [t for t in ("restic", "borg") if shutil.which(t) is None]
@@ -43,17 +43,18 @@ def test_bench_repo_tiny_scale_prints_every_row() -> None:
         n_changed, n_total = (int(x) for x in changed.split("/"))
         assert 0 < n_changed < n_total
         header = next(i for i, ln in enumerate(lines) if ln.startswith("tool "))
-        rows = {ln.split()[0]: ln for ln in lines[header + 1:header + 4]}
-        assert list(rows) == ["frieze", "restic", "borg"], lines
+        rows = {ln.split()[0]: ln for ln in lines[header + 1:header + 5]}
+        assert list(rows) == ["frieze", RANGES, "restic", "borg"], lines
         for name, row in rows.items():
             assert "error:" not in row, row
             cells = row.split()
             assert cells[-1] == "yes", f"{name}: restore not byte-for-byte identical: {row}"
             assert "-" not in cells[2:], f"{name}: a phase did not run: {row}"
-        ratio_lines = {ln.split()[0]: ln.split()[1] for ln in lines[header + 5:] if ln.strip()}
+        assert lines[header + 5].startswith(f"({RANGES}: ")
+        ratio_lines = {ln.split()[0]: ln.split()[1] for ln in lines[header + 7:] if ln.strip()}
         assert set(ratio_lines) == set(TARGETS), ratio_lines
         for v in ratio_lines.values():
             float(v)  # every ratio computed (a "-" would fail here)
-        assert "frieze  first backup" in p.stderr and "database:" in p.stderr  # the progress lines
+        assert "frieze        first backup" in p.stderr and "database:" in p.stderr  # the progress lines
     finally:
         shutil.rmtree(work, ignore_errors=True)

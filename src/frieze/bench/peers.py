@@ -78,6 +78,8 @@ class Frieze(Tool):
         super().__init__(repo, password_file)
         self.fixed_blocks = fixed_blocks
         self.snap: dict[str, str] = {}
+        #: a JSON file of changed byte ranges for the next backup (``--changed-ranges``), if any
+        self.changed_ranges: Path | None = None
 
     def _cli(self, *args: str) -> list[str]:
         exe = Path(sys.executable).with_name("frieze")
@@ -100,6 +102,8 @@ class Frieze(Tool):
         fb: list[str] = []
         for g in self.fixed_blocks:
             fb += ["--fixed-blocks", g]
+        if self.changed_ranges is not None:
+            fb += ["--changed-ranges", str(self.changed_ranges)]
         t = _run(self._cli("backup", str(src), "--tag", name, "--quiet", *fb), self.env())
         return t
 

@@ -112,6 +112,33 @@ def build_corpus(work: Path, spec: corpus.CorpusSpec, say: Callable[[str], None]
     return src, parts
 
 
+RANGES = "frieze+ranges"
+
+
+def changed_ranges(before: dict[tuple[str, int], bytes], after: dict[tuple[str, int], bytes],
+                   prefix: str) -> dict[str, list[tuple[int, int]] | None]:
+    """Snapshot path -> changed byte ranges (runs of changed pages); a new file -> None (read it all)."""
+    old_files = {rel for rel, _ in before}
+    pages: dict[str, list[int]] = {}
+    for (rel, i), d in after.items():
+        if before.get((rel, i)) != d:
+            pages.setdefault(rel, []).append(i)
+    out: dict[str, list[tuple[int, int]] | None] = {}
+    for rel, idx in sorted(pages.items()):
+        key = f"{prefix}/{rel}"
+        if rel not in old_files:
+            out[key] = None
+            continue
+        runs: list[tuple[int, int]] = []
+        for i in sorted(idx):
+            if runs and runs[-1][0] + runs[-1][1] == i * PAGE:
+                runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+            else:
+                runs.append((i * PAGE, PAGE))
+        out[key] = runs
+    return out
+
+
 def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[str], None]) -> BenchReport:
     work.mkdir(parents=True, exist_ok=True)
     src, parts = build_corpus(work, spec, say)
@@ -147,10 +174,24 @@ def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[st
             drop_caches()
             res.first = r.backup(src, "first")
             res.first_stored = corpus.du_bytes(r.repo)
-            say(f"{r.name:7s} first backup   {total / res.first.seconds / 1e6:8.1f} MB/s  ({res.first.seconds:.1f} s)")
+            say(f"{r.name:13s} first backup   {total / res.first.seconds / 1e6:8.1f} MB/s  ({res.first.seconds:.1f} s)")
         except Exception as e:  # a peer's failure is reported, not fatal to the others
             res.error = str(e)
             say(f"{r.name}: {e}")
+
+    # frieze+ranges: the same first backup (a copy of frieze's repository), then an incremental that is given
+    # the changed byte ranges, as a btrfs/reflink snapshot provider supplies them from its extent maps.
+    fz = next((r for r in runners if isinstance(r, Frieze)), None)
+    if fz is not None and not results[fz.name].error and results[fz.name].first is not None:
+        fr_dir = repos / RANGES
+        shutil.copytree(fz.repo.parent, fr_dir, symlinks=True)
+        fr = Frieze(fr_dir / "repo", pw, fz.fixed_blocks)
+        fr.name = RANGES
+        fres = ToolResult(RANGES, fr.version(), first=results[fz.name].first,
+                          first_stored=results[fz.name].first_stored)
+        runners.insert(runners.index(fz) + 1, fr)
+        results[RANGES] = fres
+        report.tools.insert(report.tools.index(results[fz.name]) + 1, fres)
 
     pg = PgServer(src / "pgdata", work / "pgsock")
     before = page_digests(src / "pgdata")
@@ -160,6 +201,11 @@ def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[st
     report.db_pages_changed = sum(1 for k, v in after.items() if before.get(k) != v)
     say(f"database: {report.db_pages_changed} of {report.db_pages_total} pages changed "
         f"({100 * report.db_pages_changed / max(1, report.db_pages_total):.2f} %)")
+    ranges_file = work / "changed-ranges.json"
+    ranges_file.write_text(json.dumps(changed_ranges(before, after, "pgdata")))
+    for r in runners:
+        if r.name == RANGES and isinstance(r, Frieze):
+            r.changed_ranges = ranges_file
 
     for r in runners:
         res = results[r.name]
@@ -169,7 +215,7 @@ def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[st
             drop_caches()
             res.incr = r.backup(src, "incr")
             res.incr_stored_delta = corpus.du_bytes(r.repo) - res.first_stored
-            say(f"{r.name:7s} incremental    {res.incr.seconds:8.2f} s, +{res.incr_stored_delta / 1e6:.1f} MB stored")
+            say(f"{r.name:13s} incremental    {res.incr.seconds:8.2f} s, +{res.incr_stored_delta / 1e6:.1f} MB stored")
         except Exception as e:
             res.error = str(e)
             say(f"{r.name}: {e}")
@@ -189,7 +235,7 @@ def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[st
             if not restored_root.exists():
                 restored_root = target
             res.restore_ok = _compare_trees(src, restored_root)
-            say(f"{r.name:7s} restore        {total / res.restore.seconds / 1e6:8.1f} MB/s  "
+            say(f"{r.name:13s} restore        {total / res.restore.seconds / 1e6:8.1f} MB/s  "
                 f"({res.restore.seconds:.1f} s) identical={res.restore_ok}")
         except Exception as e:
             res.error = str(e)
@@ -219,10 +265,14 @@ def ratios(rep: BenchReport) -> dict[str, float | None]:
         out["incr_time_vs_restic"] = f.incr.seconds / rs.incr.seconds
     if f and bg and f.incr and bg.incr:
         out["incr_time_vs_borg"] = f.incr.seconds / bg.incr.seconds
+    fx = by.get(RANGES)
+    out["incr_time_vs_restic_ranges"] = fx.incr.seconds / rs.incr.seconds if fx and rs and fx.incr and rs.incr \
+        else None
     out["stored_vs_restic"] = f.first_stored / rs.first_stored if f and rs and f.first and rs.first else None
     out["stored_vs_borg"] = f.first_stored / bg.first_stored if f and bg and f.first and bg.first else None
     changed = rep.db_pages_changed * PAGE
     out["incr_stored_vs_changed"] = f.incr_stored_delta / changed if f and f.incr and changed else None
+    out["incr_stored_vs_changed_ranges"] = fx.incr_stored_delta / changed if fx and fx.incr and changed else None
     for t in (rs, bg):
         if t is not None and t.incr and changed:
             out[f"incr_stored_vs_changed_{t.tool}"] = t.incr_stored_delta / changed
@@ -238,9 +288,11 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "restore_vs_restic": (">=", 1.0),
     "incr_time_vs_restic": ("<=", 0.2),
     "incr_time_vs_borg": None,
+    "incr_time_vs_restic_ranges": ("<=", 0.2),
     "stored_vs_restic": None,
     "stored_vs_borg": None,
     "incr_stored_vs_changed": ("<=", 10.0),
+    "incr_stored_vs_changed_ranges": ("<=", 10.0),
     "incr_stored_vs_changed_restic": None,
     "incr_stored_vs_changed_borg": None,
 }
@@ -256,7 +308,7 @@ def render(rep: BenchReport) -> str:
              f"database pages changed before the incremental: {rep.db_pages_changed}/{rep.db_pages_total} "
              f"({rep.db_pages_changed * PAGE / 1e6:.1f} MB)",
              "",
-             f"{'tool':8s} {'version':10s} {'first MB/s':>10s} {'cpu-s':>7s} {'rss MB':>7s} {'stored MB':>10s} "
+             f"{'tool':13s} {'version':7s} {'first MB/s':>10s} {'cpu-s':>7s} {'rss MB':>7s} {'stored MB':>10s} "
              f"{'incr s':>8s} {'incr +MB':>9s} {'+/changed':>9s} {'restore MB/s':>12s} {'ok':>4s}"]
     for t in rep.tools:
         fm = f"{rep.corpus_bytes / t.first.seconds / 1e6:10.1f}" if t.first else f"{'-':>10s}"
@@ -266,9 +318,12 @@ def render(rep: BenchReport) -> str:
         rm = f"{rep.corpus_bytes / t.restore.seconds / 1e6:12.1f}" if t.restore else f"{'-':>12s}"
         changed = rep.db_pages_changed * PAGE
         per = f"{t.incr_stored_delta / changed:9.2f}" if t.incr and changed else f"{'-':>9s}"
-        lines.append(f"{t.tool:8s} {t.version:10s} {fm} {cpu} {rss} {t.first_stored / 1e6:10.1f} {inc} "
+        lines.append(f"{t.tool:13s} {t.version:7s} {fm} {cpu} {rss} {t.first_stored / 1e6:10.1f} {inc} "
                      f"{t.incr_stored_delta / 1e6:9.1f} {per} {rm} {'yes' if t.restore_ok else 'NO':>4s}"
                      + (f"  error: {t.error[:200]}" if t.error else ""))
+    if any(t.tool == RANGES for t in rep.tools):
+        lines.append(f"({RANGES}: frieze's first backup, then the incremental given the changed byte ranges, "
+                     "as a btrfs/reflink snapshot provider supplies them)")
     lines.append("")
     for k, v in ratios(rep).items():
         tgt = TARGETS.get(k)
