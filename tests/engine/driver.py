@@ -1,9 +1,12 @@
 """A coordinator process for crash and takeover tests: ``python -m tests.engine.driver ...``.
 
 Starts an :class:`Engine` with the test workflows, optionally submits a batch of ``five`` operations (only if
-``--ops-file`` does not exist yet, so a restart does not submit again), prints ``READY`` and then serves until
-SIGTERM, or with ``--until-idle`` until every operation in the database is final (exit 0). Kill points are in
-the operations' arguments (``kill_after``); checkpoint kill points fire from the engine's ``on_checkpoint`` hook.
+``--ops-file`` does not exist yet, so a restart does not submit again): ``--submit N`` plain ones, or ``--plan
+FILE``, a JSON list of per-operation argument overrides (``kill_after``, ``fail_at``, ``cancel_at``, ...). It
+prints ``READY`` and then serves until SIGTERM, or with ``--until-idle`` until every operation in the database
+is final (exit 0). Kill points are in the operations' arguments (``kill_after``): ``effect:<task>`` fires in the
+task body right after its side effect, any other value is a step name and fires from the engine's ``on_step``
+hook right after that step is durably recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sqlalchemy as sa  # noqa: E402
 from frieze.engine import Engine, EngineConfig  # noqa: E402
 from frieze.engine.model import ACTIVE_STATES  # noqa: E402
 from frieze.engine.store import ops  # noqa: E402
+from tests.engine import flows  # noqa: E402
 from tests.engine.flows import ALL, Ledger, kill_once  # noqa: E402
 
 
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None, ready: Callable[[], None] | None = None)
     ap.add_argument("--ops-file")
     ap.add_argument("--submit", type=int, default=0)
     ap.add_argument("--kill-points", default="")
+    ap.add_argument("--plan", help="JSON file: a list of argument overrides, one operation each")
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--pool", type=int, default=4)
     ap.add_argument("--peer-timeout", type=float, default=10.0)
@@ -47,21 +52,28 @@ def main(argv: list[str] | None = None, ready: Callable[[], None] | None = None)
     ledger = Ledger(a.ledger)
     eng: Engine | None = None
 
-    def on_checkpoint(op_id: str, name: str) -> None:
-        assert eng is not None
-        if eng.status(op_id).args.get("kill_after") == f"checkpoint:{name}":
-            kill_once(ledger, f"checkpoint:{name}", op_id)
+    kill_points: dict[str, str | None] = {}
 
-    eng = Engine(EngineConfig(database_url=a.db, executor_id=a.executor, on_checkpoint=on_checkpoint,
+    def on_step(op_id: str, name: str) -> None:
+        assert eng is not None
+        if op_id not in kill_points:
+            kill_points[op_id] = eng.status(op_id).args.get("kill_after")
+        if kill_points[op_id] == name:
+            kill_once(ledger, name, op_id)
+
+    eng = Engine(EngineConfig(database_url=a.db, executor_id=a.executor, on_step=on_step,
                               pools={"five": a.pool}, dispatch_interval_s=0.05, queue_poll_s=0.05,
                               peer_timeout_s=a.peer_timeout, heartbeat_s=1.0), ALL)
     eng.store.create()
-    if a.submit and a.ops_file and not Path(a.ops_file).exists():
+    flows.CANCEL = eng.cancel
+    if (a.submit or a.plan) and a.ops_file and not Path(a.ops_file).exists():
         points = [p for p in a.kill_points.split(",") if p]
+        plan: list[dict[str, object]] = (json.loads(Path(a.plan).read_text()) if a.plan else
+                                         [{"kill_after": points[i] if i < len(points) else None}
+                                          for i in range(a.submit)])
         ids = []
-        for i in range(a.submit):
-            args = {"ledger": a.ledger, "tag": f"op{i}", "sleep_s": a.sleep,
-                    "kill_after": points[i] if i < len(points) else None}
+        for i, extra in enumerate(plan):
+            args = {"ledger": a.ledger, "tag": f"op{i}", "sleep_s": a.sleep, **extra}
             ids.append(eng.submit("five", args))
         tmp = a.ops_file + ".tmp"
         Path(tmp).write_text(json.dumps(ids))

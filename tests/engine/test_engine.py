@@ -26,7 +26,8 @@ from frieze.engine import (
     OpState,
     UnknownOpType,
 )
-from tests.engine.flows import ALL, ARRIVED, GATES, Ledger, gate
+from tests.engine import flows
+from tests.engine.flows import ALL, ARRIVED, GATES, Ledger, expected_effects, gate
 
 MakeEngine = Callable[..., Engine]
 
@@ -45,6 +46,7 @@ def mk(tmp_path: Path) -> Iterator[MakeEngine]:
         cfg.setdefault("queue_poll_s", 0.05)
         e = Engine(EngineConfig(database_url=f"sqlite:///{tmp_path}/engine.sqlite", **cfg), ALL)
         e.start()
+        flows.CANCEL = e.cancel
         engines.append(e)
         return e
 
@@ -55,6 +57,7 @@ def mk(tmp_path: Path) -> Iterator[MakeEngine]:
         e.shutdown()
     GATES.clear()
     ARRIVED.clear()
+    flows.CANCEL = None
 
 
 def _count_ops(e: Engine) -> int:
@@ -115,8 +118,7 @@ def test_failure_at_each_step_runs_undo_from_the_segment_point(mk: MakeEngine, l
     st = e.wait(op, 30)
     assert st.state == OpState.FAILED
     assert st.error is not None and st.error["task"] == f"s{k}" and st.error["type"] == "RuntimeError"
-    expected_undo = [] if k == 5 else [f"u{j}" for j in range(k, 0, -1)]
-    assert ledger.effects_of(op) == [f"s{j}" for j in range(1, k)] + expected_undo
+    assert ledger.effects_of(op) == expected_effects(k_fail=k)  # s1..s(k-1), then uk..u1 (u5 for s5)
     assert st.undo_errors == []
     assert st.has_diagnostics
     with tarfile.open(fileobj=io.BytesIO(e.diagnostics(op)), mode="r:gz") as tar:
@@ -152,7 +154,8 @@ def test_failing_undo_task_is_an_undo_error(mk: MakeEngine, ledger: Ledger) -> N
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_cancel_at_every_step(mk: MakeEngine, ledger: Ledger, k: int) -> None:
-    """The running task finishes, its checkpoint persists, then undo from that checkpoint's point."""
+    """The running task finishes, its checkpoint persists, then undo from that checkpoint's point; the last task
+    too: a cancel accepted before the final checkpoint is recorded ends the operation canceled, not complete."""
     e = mk()
     tag = f"c{k}"
     rel, arr = gate(f"{tag}:s{k}")
@@ -162,19 +165,38 @@ def test_cancel_at_every_step(mk: MakeEngine, ledger: Ledger, k: int) -> None:
     assert st.state == OpState.ABORTING and st.cancel_requested
     rel.set()
     st = e.wait(op, 30)
-    effects = ledger.effects_of(op)
-    if k == 5:  # the last segment closes with the final checkpoint: the work is done
-        assert st.state == OpState.COMPLETE
-        assert effects == ["s1", "s2", "s3", "s4", "s5"]
-    else:
-        assert st.state == OpState.CANCELED
-        assert st.checkpoint == f"c{k}"  # the running task's checkpoint was persisted
-        assert effects == [f"s{j}" for j in range(1, k + 1)] + [f"u{j}" for j in range(k, 0, -1)]
-        assert st.error is None
-    assert e.cancel(op).state == st.state if st.state == OpState.CANCELED else True
-    if st.state == OpState.COMPLETE:
-        with pytest.raises(OpFinished):
-            e.cancel(op)
+    assert st.state == OpState.CANCELED
+    assert st.checkpoint == f"c{k}"  # the running task's checkpoint was persisted
+    assert ledger.effects_of(op) == expected_effects(k_cancel=k)
+    assert st.error is None and st.undo_errors == [] and st.finished is not None
+    # a second cancel of a canceled op is idempotent: same state, nothing runs again
+    again = e.cancel(op)
+    assert again.state == OpState.CANCELED and again.finished == st.finished
+    time.sleep(0.2)
+    assert ledger.effects_of(op) == expected_effects(k_cancel=k)
+
+
+def test_cancel_after_the_final_checkpoint_is_too_late(mk: MakeEngine, ledger: Ledger) -> None:
+    """The final checkpoint completes the operation in the same transaction; a cancel arriving after it (here from
+    the checkpoint hook, right after c5 is recorded) finds the operation complete: OpFinished, nothing undone."""
+    seen: list[BaseException | None] = []
+
+    def hook(op_id: str, name: str) -> None:
+        if name == "c5":
+            try:
+                e.cancel(op_id)
+                seen.append(None)
+            except OpFinished as ex:
+                seen.append(ex)
+
+    e = mk(on_checkpoint=hook)
+    op = e.submit("five", {"ledger": ledger.path, "tag": "late"})
+    st = e.wait(op, 30)
+    assert st.state == OpState.COMPLETE and not st.cancel_requested
+    assert len(seen) == 1 and isinstance(seen[0], OpFinished)
+    assert ledger.effects_of(op) == expected_effects()
+    with pytest.raises(OpFinished, match="already complete"):
+        e.cancel(op)
 
 
 def test_cancel_between_tasks_of_one_segment_stops_early(mk: MakeEngine, ledger: Ledger) -> None:
@@ -388,12 +410,12 @@ def test_second_engine_in_process_is_refused(mk: MakeEngine) -> None:
 
 
 @pytest.fixture(scope="module")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     from tests.support.pg import pg_available, start_postgres
 
     if not pg_available():
         pytest.skip("PostgreSQL 15 binaries not installed")
-    inst = start_postgres(tmp_path_factory.mktemp("pg"))
+    inst = start_postgres(None)  # under /tmp: concurrent pytest runs chmod 0700 pytest-of-<user>
     try:
         yield inst.create_database("engine_inproc")
     finally:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
 from pydantic import BaseModel, ValidationError
 
-from frieze.core.errors import StorageError, UsageError
+from frieze.core.errors import InternalError, StorageError, UsageError
 from frieze.core.ids import new_id
 from frieze.engine import diagnostics as diag_mod
 from frieze.engine import runner
@@ -235,32 +235,41 @@ class Engine:
 
         Paused: aborting, undo scheduled at once. Canceled/aborting: no change. Complete/failed: :class:`OpFinished`.
         """
-        now = time.time()
         with self.store.locked() as c:
-            row = c.execute(sa.select(ops).where(ops.c.id == op_id)).mappings().first()
-            if row is None:
-                raise OpNotFound(f"no operation {op_id!r}", op_id=op_id)
-            state = OpState(row["state"])
-            upd = sa.update(ops).where(ops.c.id == op_id)
-            if state in (OpState.COMPLETE, OpState.FAILED):
-                raise OpFinished(f"operation {op_id} is already {state.value}", op_id=op_id, state=state.value)
-            if state == OpState.QUEUED:
-                c.execute(upd.values(state=OpState.CANCELED.value, cancel_requested=1, dedup_key=None, admitted=0,
-                                     enqueued=1, finished=now, updated=now))
-                msg = "canceled while queued"
-            elif state == OpState.RUNNING:
-                c.execute(upd.values(state=OpState.ABORTING.value, cancel_requested=1, dedup_key=None, updated=now))
-                msg = "cancel requested; the running task finishes, then the undo path runs"
-            elif state == OpState.PAUSED:
-                wf = self.workflow(row["type"])
-                c.execute(upd.values(state=OpState.ABORTING.value, cancel_requested=1, dedup_key=None, phase="undo",
-                                     undo_from=wf.closing_checkpoint(row["pos"]).undo_from, not_before=0.0,
-                                     enqueued=0, updated=now))
-                msg = "cancel requested while paused; the undo path runs now"
+            # compare-and-set on the state read: a run's own steps (a final checkpoint completing the operation,
+            # a pause) do not take the engine lock, so the update applies only if the state is still the one read
+            for _ in range(100):
+                now = time.time()
+                row = c.execute(sa.select(ops).where(ops.c.id == op_id)).mappings().first()
+                if row is None:
+                    raise OpNotFound(f"no operation {op_id!r}", op_id=op_id)
+                state = OpState(row["state"])
+                if state in (OpState.COMPLETE, OpState.FAILED):
+                    raise OpFinished(f"operation {op_id} is already {state.value}", op_id=op_id, state=state.value)
+                upd = sa.update(ops).where(ops.c.id == op_id, ops.c.state == state.value)
+                if state == OpState.QUEUED:
+                    n = c.execute(upd.values(state=OpState.CANCELED.value, cancel_requested=1, dedup_key=None,
+                                             admitted=0, enqueued=1, finished=now, updated=now)).rowcount
+                    msg = "canceled while queued"
+                elif state == OpState.RUNNING:
+                    n = c.execute(upd.values(state=OpState.ABORTING.value, cancel_requested=1, dedup_key=None,
+                                             updated=now)).rowcount
+                    msg = "cancel requested; the running task finishes, then the undo path runs"
+                elif state == OpState.PAUSED:
+                    wf = self.workflow(row["type"])
+                    n = c.execute(upd.values(state=OpState.ABORTING.value, cancel_requested=1, dedup_key=None,
+                                             phase="undo", undo_from=wf.closing_checkpoint(row["pos"]).undo_from,
+                                             not_before=0.0, enqueued=0, updated=now)).rowcount
+                    msg = "cancel requested while paused; the undo path runs now"
+                else:
+                    n = 1
+                    if not row["cancel_requested"] and state == OpState.ABORTING:
+                        c.execute(upd.values(cancel_requested=1, updated=now))
+                    msg = ""
+                if n:
+                    break
             else:
-                if not row["cancel_requested"] and state == OpState.ABORTING:
-                    c.execute(upd.values(cancel_requested=1, updated=now))
-                msg = ""
+                raise InternalError(f"operation {op_id} changed state 100 times during a cancel")
             if msg:
                 c.execute(sa.insert(logs).values(op_id=op_id, ts=now, level="warning", step=None, message=msg))
         self.wake()

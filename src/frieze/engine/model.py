@@ -171,3 +171,7 @@ class EngineConfig:
     app_version: str = "frieze-engine-1"
     #: Called in the worker after a checkpoint is durably recorded: ``hook(op_id, checkpoint_name)`` (tests).
     on_checkpoint: CheckpointHook | None = None
+    #: Called in the worker after any step of a run is durably recorded (executed here, not replayed):
+    #: ``hook(op_id, step)`` with ``step`` one of ``start``, ``task:<name>``, ``checkpoint:<name>``, ``pause``,
+    #: ``begin_undo``, ``undo:<name>``, ``finish`` (fault-injection tests).
+    on_step: CheckpointHook | None = None

@@ -115,7 +115,6 @@ class Runner:
         self.secrets: list[str] = []
         self.wf: type[Workflow[Any, Any]] | None = None
         self.args: Any = None
-        self._executed = False
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -132,10 +131,26 @@ class Runner:
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` as a durable step. Task failures are data (never raised); what raises here is the engine's
-        own database access, retried with backoff (about two minutes) to ride out a database restart."""
-        self._executed = False
-        return DBOS.run_step({"name": name, "retries_allowed": True, "max_attempts": STEP_ATTEMPTS,
-                              "interval_seconds": 0.5, "backoff_rate": 2.0}, fn, *args)
+        own database access, retried with backoff (about two minutes) to ride out a database restart.
+
+        If the step was executed in this run (not replayed from its record), ``EngineConfig.on_step`` (and, for a
+        checkpoint, ``on_checkpoint``) is called once the step's output is durably recorded."""
+        executed = False
+
+        def body(*a: Any) -> Any:
+            nonlocal executed
+            executed = True
+            return fn(*a)
+
+        out = DBOS.run_step({"name": name, "retries_allowed": True, "max_attempts": STEP_ATTEMPTS,
+                             "interval_seconds": 0.5, "backoff_rate": 2.0}, body, *args)
+        if executed:
+            cfg = self.eng.config
+            if cfg.on_step is not None:
+                cfg.on_step(self.op_id, name)
+            if cfg.on_checkpoint is not None and name.startswith("checkpoint:"):
+                cfg.on_checkpoint(self.op_id, name.split(":", 1)[1])
+        return out
 
     def _load(self, row: dict[str, Any]) -> None:
         self.wf = self.eng.workflow(row["type"])
@@ -159,7 +174,6 @@ class Runner:
                 "started": bool(row["started"]), "error": row["error_json"]}
 
     def _s_task(self, i: int, vars_json: str) -> dict[str, Any]:
-        self._executed = True
         assert self.wf is not None
         item = self.wf.forward[i]
         assert isinstance(item, Task)
@@ -191,19 +205,40 @@ class Runner:
         return out
 
     def _s_checkpoint(self, i: int, vars_json: str) -> dict[str, Any]:
-        self._executed = True
+        """Persist the variables at checkpoint ``i`` and read the cancel flag, in one transaction.
+
+        At the final checkpoint, if no cancel was accepted, the operation is completed in the same transaction:
+        a cancel is either seen here (then the undo path runs) or finds the operation complete (``OpFinished``);
+        there is no window in which an accepted cancel is overwritten by ``complete``."""
         assert self.wf is not None
         cp = self.wf.forward[i]
         assert isinstance(cp, Checkpoint)
+        final = i == len(self.wf.forward) - 1
         done = sum(1 for x in self.wf.forward[:i] if isinstance(x, Task))
         now = time.time()
+        where = ops.c.id == self.op_id
         with self.store.tx() as c:
-            c.execute(sa.update(ops).where(ops.c.id == self.op_id).values(
-                pos=i + 1, checkpoint=cp.name, vars_json=vars_json, steps_done=done, updated=now))
+            # FOR UPDATE (PostgreSQL): a concurrent cancel either committed before (seen here) or waits for us
+            row = c.execute(sa.select(ops.c.cancel_requested, ops.c.state).where(where).with_for_update()).first()
+            assert row is not None
+            if final and row[1] == OpState.COMPLETE.value:  # re-executed after a crash before DBOS recorded it
+                return {"cancel": False, "complete": True}
+            cancel = bool(row[0])
+            values: dict[str, Any] = dict(pos=i + 1, checkpoint=cp.name, vars_json=vars_json, steps_done=done,
+                                          updated=now)
+            complete = final and not cancel
+            if complete:
+                values.update(state=OpState.COMPLETE.value, finished=now, dedup_key=None, admitted=0, enqueued=1,
+                              steps_done=self.wf.steps_total(), step=None, undo_errors_json="[]")
+            c.execute(sa.update(ops).where(where).values(**values))
             c.execute(sa.insert(logs).values(op_id=self.op_id, ts=now, level="info", step=cp.name,
                                              message=f"checkpoint {cp.name}"))
-            cancel = c.execute(sa.select(ops.c.cancel_requested).where(ops.c.id == self.op_id)).scalar()
-        return {"cancel": bool(cancel)}
+            if complete:
+                c.execute(sa.insert(logs).values(op_id=self.op_id, ts=now, level="info", step=None,
+                                                 message="operation complete"))
+        if complete:
+            self.eng.wake()
+        return {"cancel": cancel, "complete": complete}
 
     def _s_pause(self, seconds: float, step: str) -> bool:
         with self.store.tx() as c:
@@ -278,9 +313,9 @@ class Runner:
                     return self._begin_undo(wf.closing_checkpoint(i).undo_from, vars_json, None)
             else:
                 cp = self.step(f"checkpoint:{item.name}", self._s_checkpoint, i, vars_json)
-                if self._executed and self.eng.config.on_checkpoint is not None:
-                    self.eng.config.on_checkpoint(self.op_id, item.name)
-                if i == len(wf.forward) - 1:
+                if cp.get("complete"):
+                    return "complete"
+                if i == len(wf.forward) - 1 and not cp["cancel"]:  # recorded by a version without "complete"
                     self.step("finish", self._s_finish, OpState.COMPLETE.value, [])
                     return "complete"
                 if cp["cancel"]:
