@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +23,34 @@ def cheap_params() -> Any:
     return RepoParams(kdf=KdfParams.cheap_for_tests(), pack_size=256 * 1024)
 
 
+class _LiveStderr:
+    """Whatever ``sys.stderr`` is at the time of the write (pytest's capfd swaps and closes it per test)."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _dbos_logs_follow_stderr() -> None:
+    """DBOS binds its console log handler to the stderr of its first start in the process; under a test's
+    capfd that stream is closed after the test. Give DBOS a handler that follows the current stderr."""
+    lg = logging.getLogger("dbos")
+    if not lg.handlers:
+        h = logging.StreamHandler(_LiveStderr())  # type: ignore[arg-type]
+        h.name = "__dbos_console_log_handler__"
+        lg.addHandler(h)
+        lg.propagate = False
+    for h in lg.handlers:
+        if h.name == "__dbos_console_log_handler__" and type(h) is logging.StreamHandler and not isinstance(
+                h.stream, _LiveStderr):
+            h.setStream(_LiveStderr())  # type: ignore[arg-type]
+
+
 @contextmanager
 def coordinator(tmp: Path, port: LocalPort | None = None, **cfg: Any) -> Iterator[Coordinator]:
+    _dbos_logs_follow_stderr()
     c = Coordinator(CoordinatorConfig(state_dir=tmp / "state", scheduler=False, **cfg))
     c.repos.init_params = cheap_params()
     if port is not None:

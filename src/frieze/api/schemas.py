@@ -63,6 +63,23 @@ class RepositoryCreate(Strict):
     max_concurrent: int = Limit
 
 
+class PasswordSet(Strict):
+    password: SecretStr = Field(min_length=1, max_length=1000, description="the new repository password")
+
+
+class S3KeysSet(Strict):
+    access_key_id: SecretStr = Field(min_length=1, max_length=200)
+    secret_access_key: SecretStr = Field(min_length=1, max_length=1000)
+
+
+class AppSecretsSet(Strict):
+    secrets: dict[str, SecretStr] = Field(min_length=1, max_length=20,
+                                          description="e.g. {'password': ...}; replaces these secrets in the vault")
+    host: str | None = Field(default=None, min_length=1, max_length=200, description="host of the app")
+    verify: bool = Field(default=True, description="first check through the agent that the app is reachable "
+                                                   "with the new secrets")
+
+
 class ProtectionSetCreate(Strict):
     name: str = Name
     apps: list[str] = Field(default_factory=list, max_length=100)
@@ -167,6 +184,10 @@ class Repository(BaseModel):
     secrets: list[str]
     max_concurrent: int
     created_at: str
+
+
+class RepositoryRotated(Repository):
+    rotation: dict[str, Any]
 
 
 class ProtectionSet(BaseModel):

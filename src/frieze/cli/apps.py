@@ -30,3 +30,17 @@ def add(host: str, name: str, kind: str, data_dir: str,
 @app.command("list")
 def list_cmd(server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
     emit(Client(server, token_file).get("/apps"), json, ["name", "id", "kind", "host_id", "data_dir", "volume_id"])
+
+
+@app.command("set-password")
+def set_password(app_ref: Annotated[str, typer.Argument(metavar="APP", help="app name or id")],
+                 password_file: Annotated[Path | None, typer.Option(help="file with the NEW password ('-': stdin)")]
+                 = None,
+                 host: Annotated[str | None, typer.Option(help="host of the app")] = None,
+                 verify: Annotated[bool, typer.Option(help="check through the agent that it works first")] = True,
+                 server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Rotate an app's password in the vault (after changing it in the engine); checked through its agent."""
+    pw = read_secret("new app password", password_file)
+    emit(Client(server, token_file, timeout=120).request("PUT", f"/apps/{app_ref}/secrets",
+                                                         {"secrets": {"password": pw}, "host": host,
+                                                          "verify": verify}), json)

@@ -48,3 +48,26 @@ def limit(name: str, max_concurrent: Annotated[int, typer.Argument(help="backups
     """Set how many backups may write the repository at once."""
     emit(Client(server, token_file).request("PUT", f"/repositories/{name}/limits",
                                             {"max_concurrent": max_concurrent}), json)
+
+
+@app.command("rotate-password")
+def rotate_password(name: str,
+                    password_file: Annotated[Path | None, typer.Option(help="file with the NEW password ('-': stdin)")]
+                    = None,
+                    server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Change the repository password through its key slots, without stopping anything."""
+    pw = read_secret("new repository password", password_file)
+    emit(Client(server, token_file, timeout=300).request("PUT", f"/repositories/{name}/password",
+                                                         {"password": pw}), json)
+
+
+@app.command("rotate-s3-keys")
+def rotate_s3_keys(name: str,
+                   s3_keys_file: Annotated[Path, typer.Option(
+                       help="file with two lines: the NEW access key id, secret access key ('-': stdin)")],
+                   server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Replace the repository's S3 keys (checked against the repository first); revoke the old ones after."""
+    keys = _s3_keys(s3_keys_file)
+    emit(Client(server, token_file, timeout=300).request(
+        "PUT", f"/repositories/{name}/s3-keys",
+        {"access_key_id": keys["s3_access_key_id"], "secret_access_key": keys["s3_secret_access_key"]}), json)

@@ -19,7 +19,7 @@ from frieze.coordinator.catalog.models import Repository as RepoRow
 from frieze.coordinator.config import CoordinatorConfig
 from frieze.coordinator.resources import Resources
 from frieze.coordinator.secrets_store import SecretStore
-from frieze.core.errors import Forbidden, FriezeError, NotFound, StorageError, UsageError
+from frieze.core.errors import Conflict, Forbidden, FriezeError, NotFound, StorageError, UsageError
 
 
 def _open_store(url: str, s3: dict[str, str]) -> Any:
@@ -96,7 +96,10 @@ class Repos:
         #: RepoParams for ``init`` (None: the library's defaults)
         self.init_params: Any = None
         self._cache: dict[str, Any] = {}
+        #: repositories replaced by a rotation (operations may still use them); closed with the others
+        self._retired: list[Any] = []
         self._lock = threading.Lock()
+        self._rotate_lock = threading.Lock()
 
     def register(self, resources: Resources, name: str, url: str, password: str, init: bool,
                  s3: dict[str, str], max_concurrent: int = 2) -> dict[str, Any]:
@@ -135,8 +138,79 @@ class Repos:
             repo = self._cache.setdefault(repo_id, repo)
         yield repo
 
+    # -- rotation without downtime -------------------------------------------------------------------
+    def rotate_password(self, repo_id: str, new_password: str) -> dict[str, Any]:
+        """Change the repository password through its key slots, without stopping anything:
+
+        1. find the slot the current (sealed) password opens; 2. add a slot for the new password (both
+        open the repository now, so any coordinator opening it meanwhile succeeds with either); 3. seal
+        the new password in the vault; 4. remove the old slot. The master keys do not change, so backups
+        running on an open repository go on. A failure before 3 removes the new slot again (nothing
+        changed); a failure in 4 leaves the old slot (reported, the old password still opens)."""
+        from frieze.repo.keys import KeySlots
+
+        if not new_password:
+            raise UsageError("a repository password must not be empty")
+        with self._rotate_lock, self.open(repo_id) as repo:
+            pref = self._row(repo_id)[1]
+            current = self.secrets.get(pref).reveal()
+            if current == new_password:
+                raise UsageError("the new repository password is the current one", repository=repo_id)
+            slots = KeySlots(repo.store)
+            _m, old_slot, _rid = slots.unlock(current, lambda _m, rid: rid == repo.id)
+            kdf = getattr(self.init_params, "kdf", None)
+            new_slot = repo.add_key(new_password, kdf)
+            try:
+                self.secrets.put(pref, new_password)
+            except BaseException:
+                repo.remove_key(new_slot)
+                raise
+            removed = True
+            try:
+                repo.remove_key(old_slot)
+            except FriezeError:
+                removed = False
+            repo.slot_id = new_slot
+        return {"slot": new_slot, "retired_slot": old_slot if removed else None, "old_slot_removed": removed}
+
+    def rotate_s3(self, repo_id: str, s3: dict[str, str]) -> dict[str, Any]:
+        """Replace the repository's S3 keys: the new keys must open the repository (same repository id)
+        before they are sealed; then this coordinator's open repository is swapped for one over the new
+        keys (operations already holding the old one finish with it). Revoke the old keys at the provider
+        afterwards. Nothing changes if the new keys do not work."""
+        if not s3.get("access_key_id") or not s3.get("secret_access_key"):
+            raise UsageError("S3 rotation needs both access_key_id and secret_access_key")
+        with self._rotate_lock, self.open(repo_id) as old:
+            url, pref, refs = self._row(repo_id)
+            if file_path(url) is not None:
+                raise UsageError(f"repository {repo_id} is not on S3; it has no S3 keys", repository=repo_id)
+            fresh = open_repo(self.store_opener(url, dict(s3)), self.secrets.get(pref).reveal())
+            if fresh.id != old.id:
+                fresh.close()
+                raise Conflict("the new S3 keys reach another repository", repository=repo_id)
+            for k, v in s3.items():
+                self.secrets.put(f"repo/{repo_id}/{k}", v)
+            if set(refs) != set(s3):
+                with self.catalog.session() as s:
+                    row = s.get(RepoRow, repo_id)
+                    assert row is not None
+                    row.secret_refs = {k: f"repo/{repo_id}/{k}" for k in sorted(s3)}
+            with self._lock:
+                self._cache[repo_id] = fresh
+                self._retired.append(old)
+        return {"keys": sorted(s3)}
+
+    def _row(self, repo_id: str) -> tuple[str, str, dict[str, Any]]:
+        with self.catalog.session() as s:
+            row = s.get(RepoRow, repo_id)
+            if row is None:
+                raise NotFound(f"repository {repo_id!r} does not exist", repository=repo_id)
+            return row.url, row.password_ref, dict(row.secret_refs)
+
     def close(self) -> None:
         with self._lock:
             repos, self._cache = list(self._cache.values()), {}
+            repos += self._retired
+            self._retired = []
         for r in repos:
             r.close()

@@ -224,6 +224,10 @@ class Resources:
     def app_secret_name(app_id: str, key: str) -> str:
         return f"app/{app_id}/{key}"
 
+    def get_app(self, ref: str) -> dict[str, Any]:
+        with self.catalog.session() as s:
+            return app_view(resolve(s, App, ref, "app"))
+
     def list_apps(self) -> list[dict[str, Any]]:
         with self.catalog.session() as s:
             return [app_view(a) for a in s.scalars(select(App).order_by(App.name))]

@@ -196,6 +196,56 @@ class Coordinator:
             self.secrets.put(Resources.app_secret_name(view["id"], k), v)
         return view
 
+    def set_app_secrets(self, app: str, host: str | None, secrets: dict[str, str], verify: bool) -> dict[str, Any]:
+        """Replace (or add) an app's secrets, e.g. a rotated database password, without downtime: with
+        ``verify`` the app's agent is first asked for the app's status with the new secrets, and only an
+        answer that the engine is reachable with them (``running``) lets them into the vault; every later
+        call to the agent carries the new values (they are read from the vault per call). Nothing changes
+        when the check fails."""
+        from frieze.coordinator.agents import AppRef, app_ref
+        from frieze.core.errors import AuthError
+
+        if not secrets or any(not k or len(k) > 50 or "/" in k for k in secrets):
+            raise UsageError("give at least one secret, each with a name of 1-50 characters without '/'")
+        with self.catalog.session() as s:
+            h = resolve(s, Host, host, "host") if host else None
+            a = resolve(s, App, app, "app", **({"host_id": h.id} if h else {}))
+            base = app_ref(a)
+            old_refs = dict(a.secret_refs)
+            host_row = s.get(Host, a.host_id)
+            assert host_row is not None
+            s.expunge(host_row)
+        merged = {k: self.secrets.get(v).reveal() for k, v in old_refs.items() if k not in secrets}
+        merged.update(secrets)
+        if verify:
+            self.registry.check_callable(host_row)
+            st = self.agents.for_host(host_row).app_status(AppRef(
+                id=base.id, name=base.name, kind=base.kind, data_dir=base.data_dir, options=base.options,
+                secrets=merged))
+            if not st.get("running"):
+                raise AuthError(f"app {base.name!r} on host {host_row.name!r} is not reachable with the new "
+                                "secrets; nothing was changed", app=base.name, host=host_row.name)
+        for k, v in secrets.items():
+            self.secrets.put(Resources.app_secret_name(base.id, k), v)
+        with self.catalog.session() as s:
+            row = s.get(App, base.id)
+            assert row is not None
+            row.secret_refs = {**old_refs, **{k: Resources.app_secret_name(base.id, k) for k in secrets}}
+        log.info("app_secrets_rotated", app=base.name, names=sorted(secrets), verified=verify)
+        return self.resources.get_app(base.id)
+
+    def rotate_repository_password(self, repository: str, new_password: str) -> dict[str, Any]:
+        view = self.resources.get_repository(repository)
+        res = self.repos.rotate_password(view["id"], new_password)
+        log.info("repository_password_rotated", repository=view["name"], slot=res["slot"])
+        return {**self.resources.get_repository(view["id"]), "rotation": res}
+
+    def rotate_repository_s3(self, repository: str, s3: dict[str, str]) -> dict[str, Any]:
+        view = self.resources.get_repository(repository)
+        res = self.repos.rotate_s3(view["id"], s3)
+        log.info("repository_s3_keys_rotated", repository=view["name"])
+        return {**self.resources.get_repository(view["id"]), "rotation": res}
+
     def create_repository(self, name: str, url: str, password: str, init: bool,
                           s3: dict[str, str], max_concurrent: int = 2) -> dict[str, Any]:
         return self.repos.register(self.resources, name, url, password, init, s3, max_concurrent)

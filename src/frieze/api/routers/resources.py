@@ -64,6 +64,13 @@ def list_apps(coord: Coord) -> list[dict[str, Any]]:
     return coord.resources.list_apps()
 
 
+@router.put("/apps/{app}/secrets", response_model=S.App, dependencies=[Admin], tags=["apps"],
+            summary="Rotate an app's secrets (e.g. its database password), checked through its agent first")
+def set_app_secrets(app: str, body: S.AppSecretsSet, coord: Coord) -> dict[str, Any]:
+    return coord.set_app_secrets(app, body.host, {k: v.get_secret_value() for k, v in body.secrets.items()},
+                                 body.verify)
+
+
 @router.post("/repositories", status_code=201, response_model=S.Repository, dependencies=[Admin],
              tags=["repositories"], summary="Register (and optionally create) a repository the coordinator writes")
 def create_repository(body: S.RepositoryCreate, coord: Coord) -> dict[str, Any]:
@@ -79,6 +86,19 @@ def create_repository(body: S.RepositoryCreate, coord: Coord) -> dict[str, Any]:
 @router.get("/repositories", response_model=list[S.Repository], dependencies=[ReadOnly], tags=["repositories"])
 def list_repositories(coord: Coord) -> list[dict[str, Any]]:
     return coord.resources.list_repositories()
+
+
+@router.put("/repositories/{repository}/password", response_model=S.RepositoryRotated, dependencies=[Admin],
+            tags=["repositories"], summary="Rotate the repository password through its key slots (no downtime)")
+def rotate_repository_password(repository: str, body: S.PasswordSet, coord: Coord) -> dict[str, Any]:
+    return coord.rotate_repository_password(repository, body.password.get_secret_value())
+
+
+@router.put("/repositories/{repository}/s3-keys", response_model=S.RepositoryRotated, dependencies=[Admin],
+            tags=["repositories"], summary="Rotate the repository's S3 keys (the new ones must open it first)")
+def rotate_repository_s3(repository: str, body: S.S3KeysSet, coord: Coord) -> dict[str, Any]:
+    return coord.rotate_repository_s3(repository, {"access_key_id": body.access_key_id.get_secret_value(),
+                                                   "secret_access_key": body.secret_access_key.get_secret_value()})
 
 
 @router.put("/repositories/{repository}/limits", response_model=S.Repository, dependencies=[Admin],
