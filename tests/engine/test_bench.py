@@ -18,15 +18,15 @@ def test_bench_sqlite_per_task_overhead(tmp_path: Path) -> None:
 
 
 def test_bench_engine_cli_prints_the_figures() -> None:
-    """``frieze bench engine`` (src/frieze/cli/bench_engine.py), SQLite only, tiny: the RESULT lines and JSON."""
+    """``frieze bench engine`` (src/frieze/cli/bench_engine.py), SQLite only, tiny: the RESULT lines and JSON.
+    A subprocess: DBOS binds its log handler to the sys.stdout of its first start (a CliRunner's would close)."""
     import json
+    import subprocess
+    import sys
 
-    from typer.testing import CliRunner
-
-    from frieze.cli.bench_engine import app
-
-    res = CliRunner().invoke(app, ["--no-pg", "--ops", "5", "--rounds", "1", "--json"])
-    assert res.exit_code == 0, res.output
-    assert "RESULT ENGINE-BENCH-ENV date=" in res.stdout and "RESULT ENGINE-BENCH backend=sqlite-wal" in res.stdout
-    figures = json.loads(res.stdout[res.stdout.index("{"):])
+    p = subprocess.run([sys.executable, "-m", "frieze.cli.bench_engine", "--no-pg", "--ops", "5", "--rounds", "1",
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "RESULT ENGINE-BENCH-ENV date=" in p.stdout and "RESULT ENGINE-BENCH backend=sqlite-wal" in p.stdout
+    figures = json.loads(p.stdout[p.stdout.index("{"):])
     assert set(figures) == {"sqlite-wal"} and figures["sqlite-wal"]["per_task_ms"] > 0
