@@ -9,7 +9,7 @@ back as its own FriezeError class). Apps and volumes are named as in the host's 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from frieze.coordinator.agents import AppRef, VolumeRef
@@ -20,6 +20,7 @@ from frieze.core.errors import Conflict
 from frieze.protocol.ca import client_context, ensure_client_tls
 from frieze.protocol.client import AgentClient
 from frieze.protocol.models import FileEntry as WireEntry
+from frieze.protocol.remote import RemoteSource
 
 #: how long one agent task may run (a copy snapshot or a restore of a large volume is long)
 LONG_S = 6 * 3600.0
@@ -30,16 +31,10 @@ def base_url(address: str) -> str:
     return address if address.startswith("https://") else "https://" + address.removeprefix("http://")
 
 
-class _Source:
-    def __init__(self, client: AgentClient, volume: str, snap_id: str) -> None:
-        self.client, self.volume, self.snap_id = client, volume, snap_id
-
-    def entries(self) -> list[FileEntry]:
-        return [FileEntry(path=e.path, type=e.type, size=e.size, mode=e.mode, mtime_ns=e.mtime_ns, digest=e.digest,
-                          target=e.target) for e in self.client.entries(self.volume, self.snap_id)]
-
-    def read(self, path: str) -> Iterator[bytes]:
-        return self.client.read_file(self.volume, self.snap_id, path)
+def _entry(d: dict[str, Any]) -> FileEntry:
+    """The mover's entry from the wire's (the fields the mover keeps)."""
+    return FileEntry(path=d["path"], type=d["type"], size=d["size"], mode=d["mode"], mtime_ns=d["mtime_ns"],
+                     digest=d["digest"], target=d["target"])
 
 
 class _Sink:
@@ -95,8 +90,10 @@ class ProtocolAgent:
     def delete_snapshot(self, volume: VolumeRef, snap_id: str) -> None:
         self.client.run(self.client.delete_snapshot(volume.name, snap_id), LONG_S)
 
-    def source(self, volume: VolumeRef, snap_id: str) -> _Source:
-        return _Source(self.client, volume.name, snap_id)
+    def source(self, volume: VolumeRef, snap_id: str) -> RemoteSource:
+        """The snapshot as the mover reads it: entries, whole files, byte ranges and the changed ranges since
+        an earlier snapshot of the volume (when the volume's provider can tell)."""
+        return RemoteSource(self.client, volume.name, snap_id, entry_factory=_entry)
 
     def target_state(self, path: str) -> dict[str, Any]:
         return dict(self.client.run(self.client.target_state(path), SHORT_S).result or {})

@@ -289,7 +289,8 @@ def move_data(ctx: Ctx) -> None:
     c = C.coord()
     total = 0
     with c.repos.open(ctx.args.repository_id) as repo:
-        existing = {tuple(s.tags): s.id for s in repo.list_snapshots()}
+        snapshots = repo.list_snapshots()
+        existing = {tuple(s.tags): s.id for s in snapshots}
         for v in ctx.vars.volumes:
             tags = [f"op:{ctx.op_id}", f"volume:{v['id']}"]
             if v["id"] in ctx.vars.moved:
@@ -317,8 +318,12 @@ def move_data(ctx: Ctx) -> None:
                 globs.update(FIXED_BLOCKS.get(k, {}))
             label = {"protection_set": ctx.vars.pset_name, "volume": v["name"], "operation": ctx.op_id,
                      "epoch": ctx.vars.epoch, "pending": True}
+            parent, ranges = _ranges_parent(snapshots, v["id"], res.ranges_parent, res.changed_ranges)
+            if ranges is not None:
+                ctx.log(f"volume {v['name']}: the provider's changed ranges since the parent snapshot are used "
+                        f"({len(ranges)} files listed)")
             br = repo_backup(repo, [c.mover.mirror_dir(v["id"])], host=f"frieze:{v['id']}", tags=tags,
-                             label=label, parent="auto", fixed_block_globs=globs or None)
+                             label=label, parent=parent, changed_ranges=ranges, fixed_block_globs=globs or None)
             st = br.stats
             ctx.vars.moved[v["id"]] = {"snapshot_id": br.snapshot_id, "bytes_total": st.bytes_total,
                                        "bytes_new": st.bytes_new, "bytes_received": res.bytes_received,
@@ -327,6 +332,26 @@ def move_data(ctx: Ctx) -> None:
             ctx.progress(bytes_done=total, bytes_total=total)
             ctx.log(f"volume {v['name']} → repository snapshot {br.snapshot_id[:12]} "
                     f"({st.bytes_new} new bytes of {st.bytes_total})")
+
+
+def _ranges_parent(snapshots: list[Any], volume_id: str, ranges_parent: str | None,
+                   ranges: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """The repository parent and the changed-ranges map for a volume's backup.
+
+    The mover's map is relative to the host snapshot ``ranges_parent``; it is valid for the repository's
+    backup only when the parent repository snapshot (the volume's newest) was made from that very host
+    snapshot (its ``op:`` tag names the operation whose snapshot it was). Otherwise the metadata rule alone
+    decides what is read (``parent="auto"``, no map)."""
+    if ranges is None or not ranges_parent:
+        return "auto", None
+    mine = [s for s in snapshots if s.host == f"frieze:{volume_id}"]
+    if not mine:
+        return "auto", None
+    newest = max(mine, key=lambda s: s.time)
+    ops = [t.removeprefix("op:") for t in newest.tags if t.startswith("op:")]
+    if ops and snap_id(ops[0], volume_id) == ranges_parent:
+        return newest.id, ranges
+    return "auto", None
 
 
 #: files an engine hands back at unquiesce that belong in the copy's data directory (PostgreSQL's
