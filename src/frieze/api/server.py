@@ -47,7 +47,8 @@ def serve(cfg: CoordinatorConfig, log_level: str = "info") -> None:
     tls = coord.agent_tls() if cfg.agent_port else None
     if tls is not None:
         servers.append(_Server(uvicorn.Config(
-            create_app(coord, agent_only=True), host=cfg.host, port=cfg.agent_port, http=MTLSH11Protocol,
+            create_app(coord, agent_only=True), host=cfg.agent_host or cfg.host, port=cfg.agent_port,
+            http=MTLSH11Protocol,
             log_config=None, ssl_certfile=str(tls["cert"]), ssl_keyfile=str(tls["key"]),
             ssl_ca_certs=str(tls["ca"]), ssl_cert_reqs=ssl.CERT_OPTIONAL, timeout_graceful_shutdown=3,
             lifespan="off")))
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=8700)
     r.add_argument("--agent-port", type=int, default=8701)
+    r.add_argument("--agent-host", help="listen address of the agent port (default: --host)")
+    r.add_argument("--agent-port-san", action="append", default=[],
+                   help="a DNS name or IP address agents use for the agent port (repeat; in its certificate)")
+    r.add_argument("--heartbeat-timeout", type=float, default=30.0,
+                   help="seconds of silence after which a host is offline")
     r.add_argument("--catalog-url")
     r.add_argument("--engine-url")
     r.add_argument("--executor-id", default="coord-1")
@@ -111,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                             catalog_url=a.catalog_url, engine_url=a.engine_url, executor_id=a.executor_id,
                             scheduler=not a.no_scheduler, min_agent_version=a.min_agent_version,
                             agent_dist=a.agent_dist, api_tls_cert=a.api_tls_cert, api_tls_key=a.api_tls_key,
-                            repository_roots=list(a.repository_root), scheduler_interval_s=a.scheduler_interval),
+                            repository_roots=list(a.repository_root), scheduler_interval_s=a.scheduler_interval,
+                            agent_host=a.agent_host, heartbeat_timeout_s=a.heartbeat_timeout,
+                            agent_port_sans=list(a.agent_port_san)),
           a.log_level)
     return 0
 

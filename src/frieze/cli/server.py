@@ -30,6 +30,11 @@ def run(
     host: Annotated[str, typer.Option(help="listen address (API and agent port)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port (API tokens)")] = 8700,
     agent_port: Annotated[int, typer.Option(help="agent port (mutual TLS); 0 to disable")] = 8701,
+    agent_host: Annotated[str | None, typer.Option(help="listen address of the agent port (default: --host)")]
+    = None,
+    heartbeat_timeout: Annotated[float, typer.Option(help="seconds of silence before a host is offline")] = 30.0,
+    agent_port_san: Annotated[list[str] | None, typer.Option(
+        help="DNS name or IP agents use for the agent port (repeat; put in its certificate)")] = None,
     catalog_url: Annotated[str | None, typer.Option(help="catalog database URL (default: SQLite in state dir)")]
     = None,
     engine_url: Annotated[str | None, typer.Option(help="engine database URL (default: SQLite in state dir)")]
@@ -64,7 +69,11 @@ def run(
         args += ["--api-tls-key", str(api_tls_key.resolve())]
     for root in repository_root or []:
         args += ["--repository-root", str(root.resolve())]
-    args += ["--scheduler-interval", str(scheduler_interval)]
+    args += ["--scheduler-interval", str(scheduler_interval), "--heartbeat-timeout", str(heartbeat_timeout)]
+    if agent_host:
+        args += ["--agent-host", agent_host]
+    for san in agent_port_san or []:
+        args += ["--agent-port-san", san]
     _exec(*args)
 
 

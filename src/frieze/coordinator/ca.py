@@ -18,4 +18,8 @@ def agent_port_tls(config: CoordinatorConfig) -> dict[str, Path] | None:
         from frieze.protocol.ca import ensure_server_tls
     except ImportError:
         return None
-    return ensure_server_tls(config.ca_dir, hostnames=[config.host, "localhost"])
+    names = [config.host, "localhost"]
+    if config.agent_host and config.agent_host not in names and config.agent_host not in ("0.0.0.0", "::"):
+        names.append(config.agent_host)
+    names += [n for n in config.agent_port_sans if n not in names]
+    return ensure_server_tls(config.ca_dir, hostnames=names)

@@ -30,6 +30,11 @@ class CoordinatorConfig:
     api_tls_key: Path | None = None
     #: Agent listener (mutual TLS: enrollment with a one-time token, then heartbeats by certificate).
     agent_port: int = 8701
+    #: listen address of the agent port (None: the API's ``host``), e.g. the address agents on other
+    #: machines or network namespaces reach while the API stays on loopback
+    agent_host: str | None = None
+    #: further DNS names / IP addresses agents use to reach the agent port (its certificate names them)
+    agent_port_sans: list[str] = field(default_factory=list)
     catalog_url: str | None = None
     engine_url: str | None = None
     executor_id: str = "coord-1"

@@ -43,6 +43,13 @@ from frieze.core.errors import AlreadyExists, Conflict, Forbidden, FriezeError, 
 log = structlog.get_logger("frieze.coordinator")
 
 
+def app_ref_with(ref: Any, secrets: dict[str, str]) -> Any:
+    """``ref`` (an AppRef) carrying ``secrets`` for one call."""
+    from dataclasses import replace
+
+    return replace(ref, secrets=secrets)
+
+
 class Coordinator:
     """Everything one coordinator process runs."""
 
@@ -387,9 +394,46 @@ class Coordinator:
             s.expunge(host)
         if not overwrite:
             self._refuse_existing_target(host, path)
+            self.refuse_running_app(host.id, path, strict=False)
         op_id = self._engine().submit("restore", args)
         OPS_SUBMITTED.labels("restore").inc()
         return self._accepted(op_id)
+
+    def refuse_running_app(self, host_id: str, path: str, *, strict: bool) -> None:
+        """Refuse a restore into ``path`` on the host when it holds (or lies inside) the data directory of a
+        registered app that is running: the coordinator asks the app's agent with the app's own secrets (an
+        agent alone cannot tell for an engine behind a password). ``strict``: an app whose state cannot be
+        told also refuses (the workflow); otherwise that is left to the workflow (the API answer)."""
+        import os.path
+
+        from frieze.coordinator.agents import app_ref
+        from frieze.core.errors import Conflict
+
+        def overlaps(a: str, b: str) -> bool:
+            a, b = os.path.normpath(a), os.path.normpath(b)
+            return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+        with self.catalog.session() as s:
+            host = s.get(Host, host_id)
+            if host is None:
+                return
+            s.expunge(host)
+            apps = [(app_ref(a), dict(a.secret_refs)) for a in s.scalars(select(App).where(App.host_id == host_id))
+                    if overlaps(a.data_dir, path)]
+        for ref, refs in apps:
+            try:
+                self.registry.check_callable(host)
+                full = app_ref_with(ref, {k: self.secrets.get(v).reveal() for k, v in refs.items()})
+                running = bool(self.agents.for_host(host).app_status(full).get("running"))
+            except FriezeError as e:
+                if strict:
+                    raise Conflict(f"restore into {path}: cannot tell whether app {ref.name!r} on host "
+                                   f"{host.name!r} is running ({e.code}); pass overwrite to restore anyway",
+                                   path=path, app=ref.name) from e
+                continue
+            if running:
+                raise Conflict(f"restore into {path} would overwrite the data of running app {ref.name!r} on host "
+                               f"{host.name!r}; stop it or pass overwrite", path=path, app=ref.name, host=host.name)
 
     def _refuse_existing_target(self, host: Host, path: str) -> None:
         """Answer at once when the target exists and is not empty (the workflow checks again when it runs).

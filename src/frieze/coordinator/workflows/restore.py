@@ -64,6 +64,8 @@ def check_target(ctx: Ctx) -> None:
     if st.get("exists") and not st.get("empty") and not ctx.args.overwrite:
         raise AlreadyExists(f"restore target {ctx.args.target_path} exists and is not empty; choose another "
                             "path or pass overwrite", path=ctx.args.target_path)
+    if not ctx.args.overwrite:  # never over (or into) the data of a running app without the flag
+        c.refuse_running_app(ctx.args.target_host_id, ctx.args.target_path, strict=True)
     ctx.log(f"target {ctx.args.target_path} is {'empty' if st.get('exists') else 'absent'}")
 
 
@@ -109,7 +111,11 @@ def send(ctx: Ctx) -> None:
 def remove_partial(ctx: Ctx) -> None:
     """Undo: remove a target this restore created (never one that existed before)."""
     if not ctx.vars.target_existed:
-        C.agent(ctx.args.target_host_id).remove_target(ctx.args.target_path)
+        agent = C.agent(ctx.args.target_host_id)
+        if not agent.target_state(ctx.args.target_path).get("exists"):
+            ctx.log(f"restore target {ctx.args.target_path} was not created; nothing to remove")
+            return
+        agent.remove_target(ctx.args.target_path)
         ctx.log(f"removed partial restore target {ctx.args.target_path}")
 
 
