@@ -38,3 +38,8 @@ def bench_repo(
         print(json.dumps({"report": asdict(rep), "ratios": repo_bench.ratios(rep)}, indent=2, default=str))
     else:
         print(repo_bench.render(rep))
+
+
+from frieze.cli.bench_engine import bench_engine  # noqa: E402  (the engine benchmark, its own module)
+
+app.command("engine")(bench_engine)

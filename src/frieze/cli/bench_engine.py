@@ -2,7 +2,7 @@
 and PostgreSQL (a private server unless ``--pg-url``). Prints the ``RESULT ENGINE-BENCH`` lines of
 :mod:`frieze.engine.bench`.
 
-Registered from the ``bench`` group with ``app.command("engine")(bench_engine)``; until then:
+Registered in the ``bench`` group (src/frieze/cli/bench.py); also runnable as
 ``python -m frieze.cli.bench_engine`` (or ``python -m frieze.engine.bench``).
 """
 
