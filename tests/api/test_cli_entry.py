@@ -44,6 +44,7 @@ class Live:
     coord: Coordinator
     port: LocalPort
     tmp: Path
+    outputs: list[str]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRIEZE_")}
@@ -55,6 +56,7 @@ class Live:
         p = subprocess.run([str(FRIEZE), *args], capture_output=True, text=True, timeout=timeout, env=self.env(),
                            cwd=self.tmp / "cwd", stdin=subprocess.DEVNULL)
         assert p.returncode == code, (args, p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+        self.outputs += [p.stdout, p.stderr]
         return p
 
     def json(self, *args: str, code: int = 0) -> Any:
@@ -84,7 +86,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         try:
-            yield Live(url, tmp_path / "state" / "admin.token", c, port, tmp_path)
+            yield Live(url, tmp_path / "state" / "admin.token", c, port, tmp_path, [])
         finally:
             srv.should_exit = True
             t.join(timeout=10)
@@ -200,6 +202,18 @@ def test_frieze_entry_point_resources_operations_and_exit_codes(live: Live) -> N
         # recover: the SQLite plug-in cannot; the failed operation's code gives the exit code
         p = count(live.run("op", "recover", "counter", "--time", "2026-01-01T00:00:00Z", "--json", code=10))
         assert json.loads(p.stdout)["error"]["code"] == "not_supported"
+        # credentials rotated without downtime: repository password (key slots), the app's password
+        new_pw = tmp / "new-pw"
+        new_pw.write_text("CANARY-cli-rotated-pw-77b0\n")
+        rot = count(live.json("repository", "rotate-password", "r1", "--password-file", str(new_pw)))
+        assert rot["rotation"]["old_slot_removed"] is True
+        p = count(live.run("repository", "rotate-password", "r1", "--password-file", str(new_pw), code=2))
+        assert "is the current one" in p.stderr
+        app_pw = tmp / "app-pw"
+        app_pw.write_text("CANARY-cli-app-pw-19d3\n")
+        assert count(live.json("app", "set-password", "counter", "--password-file", str(app_pw)))["secrets"] == [
+            "password"]
+        assert count(live.json("op", "backup", "ps1", "--repository", "r1"))["state"] == "complete"
         # a corrupt transfer: the operation fails with integrity, exit code 6
         live.port.corrupt = "app.db"
         p = count(live.run("op", "backup", "ps1", "--repository", "r1", code=6))
@@ -231,6 +245,9 @@ def test_frieze_entry_point_resources_operations_and_exit_codes(live: Live) -> N
                        text=True, env=live.env(), cwd=tmp / "cwd", timeout=60)
     calls += 1
     assert p.returncode == 8 and _err(p)["retryable"] is True
+    everything = "\n".join(live.outputs)
+    for canary in ("CANARY-cli-repo-pw-31f9", "CANARY-cli-rotated-pw-77b0", "CANARY-cli-app-pw-19d3"):
+        assert canary not in everything
     print(f"RESULT CLI-ENTRY invocations={calls} seconds={time.monotonic() - t0:.1f}")
 
 
