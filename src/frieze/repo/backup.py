@@ -212,7 +212,11 @@ class _Backup:
             return {}
 
     def _blobs_present(self, node: Node) -> bool:
-        return all(self.writer.has(i) for i in dict.fromkeys(node.data_ids()))
+        ids = list(dict.fromkeys(node.data_ids()))
+        missing = getattr(getattr(self.repo, "dedup", None), "missing", None)
+        if missing is not None and len(ids) > 4:
+            ids = missing(ids)  # one vectorised search; what is left may still be pending in this writer
+        return all(self.writer.has(i) for i in ids)
 
     # -- walking
     def dir_tree(self, abs_path: bytes, rel: str, parent_tree: bytes | None, st: os.stat_result) -> bytes:

@@ -113,16 +113,52 @@ class DedupIndex:
             return p
         if not len(self._prefix):
             return None
-        key = np.uint64(int.from_bytes(blob_id[:8], "big"))
-        i = int(np.searchsorted(self._prefix, key, side="left"))
-        rest = np.frombuffer(blob_id[8:], dtype=np.uint8)
-        n = len(self._prefix)
-        while i < n and self._prefix[i] == key:
-            if np.array_equal(self._rest[i], rest):
-                c = self._cols[i]
-                return int(c[0]), int(c[1]), int(c[2]), int(c[3]), int(self._kf[i])
+        key = int.from_bytes(blob_id[:8], "big")
+        pre = self._prefix
+        i = int(pre.searchsorted(np.uint64(key)))
+        rest = blob_id[8:]
+        n = len(pre)
+        while i < n and int(pre[i]) == key:
+            if self._rest[i].tobytes() == rest:
+                num, off, ln, raw = self._cols[i].tolist()
+                return num, off, ln, raw, int(self._kf[i])
             i += 1
         return None
+
+    def _table_rows(self, ids: list[bytes]) -> npt.NDArray[np.int64]:
+        """Row of each id in the sorted table (one vectorised search), or -1 where the first row with its
+        prefix is not it (absent, only in the recent-additions dict, or behind a prefix collision)."""
+        n = len(ids)
+        if not n or not len(self._prefix):
+            return np.full(n, -1, dtype=np.int64)
+        arr = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(n, 32)
+        keys = arr[:, :8].copy().view(">u8").reshape(n).astype(np.uint64)
+        idx = np.searchsorted(self._prefix, keys, side="left")
+        cand = np.minimum(idx, len(self._prefix) - 1)
+        match = (idx < len(self._prefix)) & (self._prefix[cand] == keys) & (self._rest[cand] == arr[:, 8:]).all(axis=1)
+        return np.where(match, cand, -1).astype(np.int64)
+
+    def missing(self, blob_ids: list[bytes]) -> list[bytes]:
+        """The ids of ``blob_ids`` that are not in the index (one vectorised lookup for the many)."""
+        with self._lock:
+            rows = self._table_rows(blob_ids)
+            return [blob_ids[i] for i in np.flatnonzero(rows < 0).tolist() if self._find(blob_ids[i]) is None]
+
+    def lookup_many(self, blob_ids: list[bytes]) -> list[IndexEntry | None]:
+        """:meth:`lookup` of every id, with one vectorised search of the table."""
+        with self._lock:
+            rows = self._table_rows(blob_ids).tolist()
+            cols = self._cols
+            kfs = self._kf
+            out: list[IndexEntry | None] = []
+            for bid, r in zip(blob_ids, rows, strict=True):
+                if r >= 0 and bid not in self._pending:
+                    num, off, ln, raw = cols[r].tolist()
+                    kf = int(kfs[r])
+                    out.append(IndexEntry(bid, self.pack_ids[num], off, ln, raw, BlobKind(kf >> 4), kf & 0xF))
+                else:
+                    out.append(self.lookup(bid))
+            return out
 
     def has(self, blob_id: bytes) -> bool:
         with self._lock:
