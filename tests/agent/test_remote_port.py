@@ -4,6 +4,7 @@ mover's mirror (digest-checked) → send it back to a restore target → the age
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -80,5 +81,44 @@ def test_mover_round_trip_through_agent(agent: Agent, tmp_path: Path) -> None:
         assert not port.snapshot_exists(vol, "mv-1")
         print(f"RESULT M1 files={files} bytes={nbytes} second_ingest_received={res2.files_received}")
     finally:
+        port.client.close()
+        cleanup_snapshots(agent)
+
+
+def test_prepare_before_the_freeze_through_the_agent(agent: Agent) -> None:
+    """``prepare_snapshot`` (the copy provider's pre-copy, before the freeze) over the protocol: what is written
+    after it is in the snapshot, the pre-copy is used up, a preparation never followed by a snapshot is
+    removed by delete_snapshot, and bad input is refused before anything changes."""
+    from frieze.core.errors import NotFound, UsageError
+    from frieze.host.providers._layout import snapshot_root
+
+    tmp = agent.config.parent
+    vol_path = tmp / "data" / "vol"
+    vol = VolumeRef("vol-1", "v1", str(vol_path), "copy")
+    root = Path(snapshot_root(str(vol_path), "copy"))
+    port = RemoteAgent(agent.client(expected_cn="h1"), "h1")
+    try:
+        p = port.prepare_snapshot(vol, "pp-1")
+        assert p["changed"] is True and p["prepared"] is True and p["files"] >= 1, p
+        assert (root / ".pre-pp-1").is_dir()
+        (vol_path / "after-prepare.txt").write_bytes(b"written after the pre-copy")
+        port.snapshot(vol, snap_id="pp-1", epoch=901)
+        entries = {e.path: e for e in port.source(vol, "pp-1").entries()}
+        assert "after-prepare.txt" in entries
+        assert not (root / ".pre-pp-1").exists()
+        assert port.prepare_snapshot(vol, "pp-1")["changed"] is False  # the snapshot exists: nothing to do
+        port.prepare_snapshot(vol, "pp-2")
+        assert (root / ".pre-pp-2").is_dir()
+        port.delete_snapshot(vol, "pp-2")  # never taken: its preparation goes
+        assert not (root / ".pre-pp-2").exists() and not (root / ".pre-pp-2.json").exists()
+        before = sorted(os.listdir(root))
+        with pytest.raises(NotFound):
+            port.prepare_snapshot(VolumeRef("vol-x", "no-such-volume", "/nowhere", "copy"), "pp-3")
+        with pytest.raises(UsageError):
+            port.prepare_snapshot(vol, "bad id!")
+        assert sorted(os.listdir(root)) == before
+        port.delete_snapshot(vol, "pp-1")
+    finally:
+        (vol_path / "after-prepare.txt").unlink(missing_ok=True)
         port.client.close()
         cleanup_snapshots(agent)

@@ -142,6 +142,10 @@ class LocalPort:
             tmp.rename(p)
         return {"snap_id": snap_id, "path": str(p)}
 
+    def prepare_snapshot(self, volume: VolumeRef, snap_id: str) -> dict[str, Any]:
+        self.calls.append(f"prepare_snapshot {volume.name}")
+        return {"changed": False, "prepared": False}
+
     def snapshot_exists(self, volume: VolumeRef, snap_id: str) -> bool:
         return self._snap(volume, snap_id).is_dir()
 

@@ -119,6 +119,11 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
         host.check_snapshot(volume, body)
         return submit("snapshot", f"volume:{volume}", lambda: host.do_snapshot(volume, body), key)
 
+    @app.post("/v1/volumes/{volume}/snapshots/{snap_id}/prepare", status_code=202, response_model=Task)
+    def prepare_snapshot(volume: str, snap_id: str, body: Empty | None = None, key: IdemKey = None) -> JSONResponse:
+        host.check_prepare(volume, snap_id)
+        return submit("prepare_snapshot", f"volume:{volume}", lambda: host.do_prepare_snapshot(volume, snap_id), key)
+
     @app.post("/v1/volumes/{volume}/snapshots/{snap_id}/delete", status_code=202, response_model=Task)
     def delete_snapshot(volume: str, snap_id: str, body: Empty | None = None, key: IdemKey = None) -> JSONResponse:
         host.volume(volume)

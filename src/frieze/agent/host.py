@@ -38,6 +38,7 @@ from frieze.agent.freezer import Freezer, make_freezer
 from frieze.core.errors import Conflict, FriezeError, NotFound, NotSupported, StaleEpoch, UsageError
 from frieze.host.apps import registry as app_registry
 from frieze.host.apps.base import AppPlugin, AppSpec, RecoveryTarget
+from frieze.host.providers._fs import check_snap_id
 from frieze.host.providers.base import SnapshotProvider, SnapshotRef
 from frieze.protocol.models import (
     AppCall,
@@ -465,9 +466,34 @@ class HostService:
             ref = prov.snapshot(v.path, req.snap_id)
         return True, f"snapshot {req.snap_id!r} of volume {name!r} made by {prov.name}", _ref_dict(ref)
 
+    def check_prepare(self, name: str, snap_id: str) -> tuple[VolumeConfig, SnapshotProvider]:
+        v, prov = self.check_volume(name)
+        check_snap_id(snap_id, prov.name)
+        self.check_not_frozen(v.path, f"prepare of snapshot {snap_id!r} of volume {name!r}", v.provider)
+        return v, prov
+
+    def do_prepare_snapshot(self, name: str, snap_id: str) -> Outcome:
+        """Before the freeze: let the provider prepare the snapshot (the copy provider's pre-copy, so that the
+        copy under the freeze writes only what changed). Nothing to do for instant providers."""
+        v, prov = self.check_prepare(name, snap_id)
+        if self.find_snapshot(name, snap_id) is not None:
+            return False, f"snapshot {snap_id!r} of volume {name!r} already exists (nothing to prepare)", {}
+        with self.io_on(v.path, f"prepare of snapshot {snap_id!r} of volume {name!r}", v.provider):
+            info = prov.prepare(v.path, snap_id)
+        if not info.get("prepared"):
+            return False, f"provider {prov.name} needs no preparation for snapshot {snap_id!r}", info
+        return True, (f"snapshot {snap_id!r} of volume {name!r} prepared by {prov.name}: {info.get('files')} "
+                      f"file(s) pre-copied in {info.get('ms')} ms"), info
+
     def do_delete_snapshot(self, name: str, snap_id: str) -> Outcome:
         ref = self.find_snapshot(name, snap_id)
         if ref is None:
+            v = self.volume(name)
+            prov = self.provider(v.provider)
+            if os.path.isdir(v.path):
+                with self.io_on(v.path, f"delete of snapshot {snap_id!r} of volume {name!r}", v.provider):
+                    if prov.unprepare(v.path, snap_id):
+                        return True, f"preparation of snapshot {snap_id!r} of volume {name!r} removed", {}
             return False, f"snapshot {snap_id!r} of volume {name!r} does not exist (nothing to delete)", {}
         with self.io_on(ref.path, f"delete of snapshot {snap_id!r} of volume {name!r}", ref.provider):
             self.provider(ref.provider).delete(ref)

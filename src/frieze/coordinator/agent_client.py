@@ -83,6 +83,10 @@ class ProtocolAgent:
         t = self.client.run(self.client.snapshot(volume.name, snap_id=snap_id, epoch=epoch), LONG_S)
         return dict(t.result or {})
 
+    def prepare_snapshot(self, volume: VolumeRef, snap_id: str) -> dict[str, Any]:
+        t = self.client.run(self.client.prepare_snapshot(volume.name, snap_id), LONG_S)
+        return {"changed": t.changed, **dict(t.result or {})}
+
     def snapshot_exists(self, volume: VolumeRef, snap_id: str) -> bool:
         t = self.client.run(self.client.snapshot_exists(volume.name, snap_id), SHORT_S)
         return bool((t.result or {}).get("exists"))

@@ -59,6 +59,11 @@ class AgentPort(Protocol):
         """Make (idempotently, by ``snap_id``) an immutable snapshot; returns ``{"snap_id", "path"}``."""
         ...
 
+    def prepare_snapshot(self, volume: VolumeRef, snap_id: str) -> dict[str, Any]:
+        """Before the freeze: let the volume's provider prepare snapshot ``snap_id`` (the copy provider's
+        pre-copy); ``{"changed": False}`` when there is nothing to prepare. Never changes the snapshot made."""
+        ...
+
     def snapshot_exists(self, volume: VolumeRef, snap_id: str) -> bool: ...
 
     def delete_snapshot(self, volume: VolumeRef, snap_id: str) -> None:

@@ -179,6 +179,9 @@ class AgentClient:
         return self._task(f"/v1/volumes/{_q(volume)}/snapshots", {"snap_id": snap_id, "epoch": epoch},
                           idempotency_key=idempotency_key)
 
+    def prepare_snapshot(self, volume: str, snap_id: str) -> Task:
+        return self._task(f"/v1/volumes/{_q(volume)}/snapshots/{_q(snap_id)}/prepare")
+
     def delete_snapshot(self, volume: str, snap_id: str) -> Task:
         return self._task(f"/v1/volumes/{_q(volume)}/snapshots/{_q(snap_id)}/delete")
 

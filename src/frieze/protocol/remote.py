@@ -102,6 +102,9 @@ class RemoteAgent:
     def snapshot(self, volume: VolumeLike, *, snap_id: str, epoch: int) -> dict[str, Any]:
         return self._result(self.client.snapshot(volume.name, snap_id=snap_id, epoch=epoch))
 
+    def prepare_snapshot(self, volume: VolumeLike, snap_id: str) -> dict[str, Any]:
+        return self._result(self.client.prepare_snapshot(volume.name, snap_id))
+
     def snapshot_exists(self, volume: VolumeLike, snap_id: str) -> bool:
         return bool(self._result(self.client.snapshot_exists(volume.name, snap_id)).get("exists"))
 

@@ -142,6 +142,74 @@ def test_snapshot_and_delete_are_idempotent_and_listed(case: Case) -> None:
     assert (case.volume / "a.txt").read_bytes() == b"later\n"
 
 
+def test_prepare_never_changes_the_image(case: Case) -> None:
+    """Whatever changes between ``prepare`` (before the freeze) and ``snapshot``, the image is the volume at the
+    snapshot: same-size overwrites with the old mtime put back, growth, truncation, deletion, new files, a
+    broken hard link, a retargeted symlink, a removed xattr, a mode change."""
+    _populate(case.volume)
+    (case.volume / "gone.txt").write_bytes(b"soon gone")
+    (case.volume / "shrink.bin").write_bytes(os.urandom(300_000))
+    vol = str(case.volume)
+    info = case.provider.prepare(vol, "s1")
+    assert set(info) >= {"prepared", "files", "ms"}
+    assert info["prepared"] is (case.provider.name == "copy")
+    st = os.stat(case.volume / "a.txt")
+    (case.volume / "a.txt").write_bytes(b"ALPHA\n")  # same size, old times put back: only ctime moved
+    os.utime(case.volume / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(case.volume / "sub" / "deep" / "b.bin", "r+b") as f:
+        f.seek(50_000)
+        f.write(b"Z" * 10)
+        f.seek(0, 2)
+        f.write(b"grown")
+    os.truncate(case.volume / "shrink.bin", 1234)
+    (case.volume / "gone.txt").unlink()
+    (case.volume / "sub" / "fresh").write_bytes(b"fresh")
+    (case.volume / "hard.txt").unlink()
+    (case.volume / "hard.txt").write_bytes(b"alpha\n")  # no longer the same inode as a.txt
+    (case.volume / "link").unlink()
+    (case.volume / "link").symlink_to("sub")
+    os.removexattr(case.volume / "a.txt", "user.frieze")
+    os.chmod(case.volume / "shrink.bin", 0o600)
+    expected = _digest(case.volume)
+    ref = case.provider.snapshot(vol, "s1")
+    assert _digest(Path(ref.path)) == expected
+    assert os.stat(Path(ref.path) / "hard.txt").st_ino != os.stat(Path(ref.path) / "a.txt").st_ino
+    root = Path(snapshot_root(vol, case.provider.name))
+    assert not [n for n in os.listdir(root) if n.startswith(".pre-")]  # the pre-copy is used up
+    if case.provider.name == "copy":
+        pre = getattr(case.provider, "last_pre_copy", None)
+        assert pre is not None and pre.taken >= 2 and pre.patched_bytes > 0  # a.txt: hard-linked, copied anew
+
+
+def test_prepare_is_idempotent_and_cleaned_up(case: Case) -> None:
+    _populate(case.volume)
+    vol = str(case.volume)
+    root = Path(snapshot_root(vol, case.provider.name))
+    copy = case.provider.name == "copy"
+
+    def pres() -> list[str]:
+        return sorted(n for n in os.listdir(root) if n.startswith(".pre-")) if root.exists() else []
+
+    case.provider.prepare(vol, "s1")
+    case.provider.prepare(vol, "s1")
+    assert pres() == ([".pre-s1", ".pre-s1.json"] if copy else [])
+    assert case.provider.unprepare(vol, "s1") is copy
+    assert case.provider.unprepare(vol, "s1") is False
+    assert pres() == []
+    case.provider.prepare(vol, "s2")
+    case.provider.delete(SnapshotRef(case.provider.name, vol, "s2", os.path.join(root, "s2")))
+    assert pres() == []  # delete of a snapshot never taken removes its preparation
+    ref = case.provider.snapshot(vol, "s3")
+    assert case.provider.prepare(vol, "s3")["prepared"] is False  # the snapshot exists: nothing to prepare
+    assert pres() == []
+    case.provider.delete(ref)
+    with pytest.raises(UsageError):
+        case.provider.prepare(vol, "../escape")
+    with pytest.raises(NotFound):
+        case.provider.prepare(str(case.volume / "missing"), "s4")
+    assert _digest(case.volume) == _digest(case.volume)  # the volume itself is never touched
+
+
 def test_clone_is_writable_and_independent(case: Case) -> None:
     assert case.provider.capabilities.writable_clone
     _populate(case.volume)

@@ -10,9 +10,11 @@ For each provider the engine's data lives on a volume the provider can snapshot:
 :mod:`frieze.host.apps.testbed`), its load runs (pgbench -c 2 for PostgreSQL, 4 threads of concurrent
 transfers for MariaDB, 2 writer threads for SQLite and for Redis), and ``cycles`` times: quiesce (the real
 plug-in) → the provider's ``snapshot`` of the volume → unquiesce; the snapshot is deleted after the
-unquiesce (outside the window). The window the app saw in one cycle is the longest write latency
-overlapping the freeze, or the longest gap between write completions inside it, whichever is larger (so a
-stalled app shows up even if no write was in flight). Goal (issue 4): p50 ≤ 200 ms, p99 ≤ 1 s.
+unquiesce (outside the window). Before each quiesce the provider's ``prepare`` runs, as in the backup
+workflow (the copy provider's pre-copy; ``--no-prepare`` leaves it out, to compare). The window the app
+saw in one cycle is the longest write latency overlapping the freeze, or the longest gap between write
+completions inside it, whichever is larger (so a stalled app shows up even if no write was in flight).
+Goal (issue 4): p50 ≤ 200 ms, p99 ≤ 1 s.
 
 Prints one line per engine and provider: ``RESULT BENCH engine=… provider=… cycles=… window_ms_p50=…
 window_ms_p99=… window_ms_max=… snapshot_ms_p50=… snapshot_ms_max=… quiesce_ms_p50=… baseline_write_ms_p99=…
@@ -83,14 +85,21 @@ def volume_for(provider: str) -> Iterator[Path]:
                     PROVIDERS[provider]().delete(ref)
 
 
+#: whether the cycles call the provider's ``prepare`` before each quiesce (as the backup workflow does)
+PREPARE = True
+
+
 def cycle_loop(plugin: AppPlugin, spec: AppSpec, provider: SnapshotProvider, volume: Path, cycles: int,
                interval_s: float, clock: Callable[[], float]) -> dict[str, list[Any]]:
-    """Run the cycles: quiesce → snapshot → unquiesce (→ delete, outside the window)."""
+    """Run the cycles: (prepare, outside the window →) quiesce → snapshot → unquiesce (→ delete, outside)."""
     spans: list[tuple[float, float]] = []
     qms: list[float] = []
     sms: list[float] = []
+    pms: list[float] = []
     for i in range(cycles):
         time.sleep(interval_s)
+        if PREPARE:
+            pms.append(float(provider.prepare(str(volume), f"bench-{i:03d}")["ms"]))
         t0 = clock()
         h = plugin.quiesce(spec, epoch=i + 1, lease_s=60)
         ts = time.monotonic()
@@ -102,7 +111,7 @@ def cycle_loop(plugin: AppPlugin, spec: AppSpec, provider: SnapshotProvider, vol
         spans.append((t0, clock()))
         qms.append(float(h.info.get("quiesce_ms", 0.0)))
         provider.delete(ref)
-    return {"spans": spans, "quiesce_ms": qms, "snapshot_ms": sms}
+    return {"spans": spans, "quiesce_ms": qms, "snapshot_ms": sms, "prepare_ms": pms}
 
 
 def summarize(engine: str, provider: str, log: tb.OpLog, r: dict[str, list[Any]],
@@ -117,6 +126,7 @@ def summarize(engine: str, provider: str, log: tb.OpLog, r: dict[str, list[Any]]
         "snapshot_ms_p50": round(tb.percentile(r["snapshot_ms"], 50), 1),
         "snapshot_ms_max": round(max(r["snapshot_ms"]), 1),
         "quiesce_ms_p50": round(tb.percentile(r["quiesce_ms"], 50), 1),
+        "prepare_ms_p50": round(tb.percentile(r["prepare_ms"], 50), 1) if r["prepare_ms"] else "off",
         "baseline_write_ms_p99": round(tb.percentile(outside, 99), 1) if outside else None,
         "writes": log.count(), "load": load_desc,
     }
@@ -203,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--interval", type=float, default=0.4, help="seconds between cycles")
+    ap.add_argument("--no-prepare", action="store_true",
+                    help="do not call the provider's prepare (pre-copy) before each freeze")
     a = ap.parse_args(argv)
+    global PREPARE
+    PREPARE = not a.no_prepare
     results = []
     for p in a.providers.split(","):
         if p not in PROVIDERS:

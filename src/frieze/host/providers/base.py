@@ -24,6 +24,11 @@ Contract (every implementation must pass ``tests/host/providers/test_conformance
   ranges that may differ from ``old`` (a superset is allowed, a subset never): ``[]`` means unchanged,
   ``None`` means "read it all" (a new file). Files of ``old`` missing from ``new`` are absent.
   Only providers with ``capabilities.changed_ranges`` implement it; the others raise NotSupported.
+- ``prepare(volume, snap_id)`` may be called before the freeze for the snapshot ``snap_id`` about to be taken;
+  it never changes what ``snapshot`` produces, only how long it takes (copy: a pre-copy, so that the copy under
+  the freeze writes only the blocks that changed). It returns ``{"prepared": bool, "files", "ms"}``
+  (``prepared`` False: nothing to do, as for instant providers). ``unprepare`` removes an unused preparation
+  (idempotent); ``delete`` does too.
 - ``clone`` makes a writable copy of a snapshot at the new path ``dest`` (only with
   ``capabilities.writable_clone``; AlreadyExists if ``dest`` exists).
 """
@@ -31,7 +36,7 @@ Contract (every implementation must pass ``tests/host/providers/test_conformance
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: path relative to the snapshot root -> list of (offset, length), or None for "whole file"
 ChangedRanges = dict[str, list[tuple[int, int]] | None]
@@ -61,6 +66,8 @@ class SnapshotProvider(Protocol):
     capabilities: ProviderCapabilities
 
     def supports(self, volume: str) -> bool: ...
+    def prepare(self, volume: str, snap_id: str) -> dict[str, Any]: ...
+    def unprepare(self, volume: str, snap_id: str) -> bool: ...
     def snapshot(self, volume: str, snap_id: str) -> SnapshotRef: ...
     def delete(self, ref: SnapshotRef) -> None: ...
     def list(self, volume: str) -> list[SnapshotRef]: ...

@@ -120,6 +120,20 @@ class BtrfsProvider:
         _btrfs("subvolume", "snapshot", "-r", vol, ref.path)
         return ref
 
+    def prepare(self, volume: str, snap_id: str) -> dict[str, Any]:
+        """Nothing to prepare: a btrfs snapshot is instant (the input is still checked)."""
+        vol = require_dir(volume, self.name)
+        why = self._why(vol)
+        if why is not None:
+            raise not_supported(self.name, vol, why)
+        check_snap_id(snap_id, self.name)
+        return {"prepared": False, "files": 0, "ms": 0.0}
+
+    def unprepare(self, volume: str, snap_id: str) -> bool:
+        del volume
+        check_snap_id(snap_id, self.name)
+        return False
+
     def _own(self, ref: SnapshotRef) -> None:
         if ref.provider != self.name:
             raise UsageError(f"btrfs: snapshot {ref.snap_id!r} belongs to the {ref.provider} provider",

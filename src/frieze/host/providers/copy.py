@@ -5,6 +5,9 @@ the image is only consistent if the caller holds the application quiesced for th
 (``needs_freeze_throughout=True``). The image lives beside the volume (see ``_layout``), so it must not be
 made under an fsfreeze of that file system. Writable clones are plain copies too. No changed ranges: the
 repository's metadata rule (size, mtime, ...) decides what to read again.
+
+``prepare`` (called before the freeze) pre-copies the tree, so that the copy under the freeze only compares
+page-cached bytes and writes the blocks that changed (see ``_treebase`` and ``_tree.PreCopy``).
 """
 
 from __future__ import annotations
@@ -21,3 +24,4 @@ class CopyProvider(TreeProvider):
     capabilities: ProviderCapabilities = ProviderCapabilities(
         name="copy", writable_clone=True, changed_ranges=False, needs_freeze_throughout=True, instant=False)
     copier: ClassVar[FileCopier] = staticmethod(copy_fd)
+    pre_copy: ClassVar[bool] = True

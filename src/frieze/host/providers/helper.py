@@ -108,6 +108,17 @@ class HelperProvider:
             self._write(p, rec)
         return self._ref(rec)
 
+    def prepare(self, volume: str, snap_id: str) -> dict[str, Any]:
+        """Nothing to prepare here: the designated node makes the snapshot (the input is still checked)."""
+        require_dir(volume, self.name)
+        check_snap_id(snap_id, self.name)
+        return {"prepared": False, "files": 0, "ms": 0.0}
+
+    def unprepare(self, volume: str, snap_id: str) -> bool:
+        del volume
+        check_snap_id(snap_id, self.name)
+        return False
+
     def _record(self, ref: SnapshotRef) -> tuple[str, dict[str, Any]]:
         if ref.provider != self.name:
             raise UsageError(f"helper: snapshot {ref.snap_id!r} belongs to the {ref.provider} provider")
