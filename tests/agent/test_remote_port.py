@@ -122,3 +122,43 @@ def test_prepare_before_the_freeze_through_the_agent(agent: Agent) -> None:
         (vol_path / "after-prepare.txt").unlink(missing_ok=True)
         port.client.close()
         cleanup_snapshots(agent)
+
+
+def test_owners_survive_backup_and_restore_through_the_agent(agent: Agent, tmp_path: Path) -> None:
+    """Numeric owners travel with the listing into the mover's mirror (so the repository records them) and
+    back to the restore target: a PostgreSQL data directory restored to its place is owned as it was."""
+    from frieze.coordinator.mover import FileEntry, Mover
+
+    if os.geteuid() != 0:
+        pytest.skip("owners can only be given by root")
+    tmp = agent.config.parent
+    vol_path = tmp / "data" / "vol"
+    owned = vol_path / "owned"
+    owned.mkdir()
+    (owned / "f").write_bytes(b"owned by 4242")
+    (owned / "l").symlink_to("f")
+    for p in (owned, owned / "f"):
+        os.chown(p, 4242, 4343)
+    os.lchown(owned / "l", 4244, 4345)
+    vol = VolumeRef("vol-1", "v1", str(vol_path), "copy")
+    port = RemoteAgent(agent.client(expected_cn="h1"), "h1", entry_factory=lambda d: FileEntry(**d))
+    try:
+        port.snapshot(vol, snap_id="own-1", epoch=902)
+        mover = Mover(tmp_path / "staging")
+        mover.ingest(vol.id, port.source(vol, "own-1"))
+        mirror = mover.mirror_dir(vol.id)
+        for rel, want in (("owned", (4242, 4343)), ("owned/f", (4242, 4343)), ("owned/l", (4244, 4345))):
+            st = os.lstat(mirror / rel)
+            assert (st.st_uid, st.st_gid) == want, rel
+        target = tmp / "restore" / "own"
+        mover.send(mirror, port.sink(str(target), overwrite=False))
+        for rel, want in (("owned", (4242, 4343)), ("owned/f", (4242, 4343)), ("owned/l", (4244, 4345))):
+            st = os.lstat(target / rel)
+            assert (st.st_uid, st.st_gid) == want, rel
+        assert (target / "owned" / "f").read_bytes() == b"owned by 4242"
+        port.remove_target(str(target))
+        port.delete_snapshot(vol, "own-1")
+    finally:
+        shutil.rmtree(owned, ignore_errors=True)
+        port.client.close()
+        cleanup_snapshots(agent)

@@ -233,6 +233,8 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
                            digest: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$")] = None,
                            link: Annotated[str | None, Query(max_length=4096)] = None,
                            mtime_ns: Annotated[int | None, Query(ge=0)] = None,
+                           uid: Annotated[int | None, Query(ge=0, le=2**32 - 2)] = None,
+                           gid: Annotated[int | None, Query(ge=0, le=2**32 - 2)] = None,
                            force: bool = False) -> dict[str, Any]:
         t = snapdata.check_target(target, allowed_roots())
         snapdata.check_rel(path)
@@ -251,7 +253,8 @@ def create_app(state: AgentState, *, require_role: str | None = ROLE_COORDINATOR
             def put() -> dict[str, Any]:
                 with host.io_on(t, f"restore into {t}"):
                     res: dict[str, Any] = snapdata.put_entry(t, path, type, chunks(), mode=mode, digest=digest,
-                                                             link=link, mtime_ns=mtime_ns, force=force)
+                                                             link=link, mtime_ns=mtime_ns, force=force,
+                                                             uid=uid, gid=gid)
                     return res
 
             out: dict[str, Any] = await run_in_threadpool(put)

@@ -62,12 +62,14 @@ def _list(root: str) -> list[FileEntry]:
             rel = os.path.relpath(full, root).replace(os.sep, "/")
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
-                out.append(FileEntry(path=rel, type="symlink", target=os.readlink(full), mtime_ns=st.st_mtime_ns))
+                out.append(FileEntry(path=rel, type="symlink", target=os.readlink(full), mtime_ns=st.st_mtime_ns,
+                                     uid=st.st_uid, gid=st.st_gid))
             elif stat.S_ISDIR(st.st_mode):
-                out.append(FileEntry(path=rel, type="dir", mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns))
+                out.append(FileEntry(path=rel, type="dir", mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns,
+                                     uid=st.st_uid, gid=st.st_gid))
             elif stat.S_ISREG(st.st_mode):
                 out.append(FileEntry(path=rel, type="file", size=st.st_size, mode=st.st_mode & 0o7777,
-                                     mtime_ns=st.st_mtime_ns, digest=_digest(full)))
+                                     mtime_ns=st.st_mtime_ns, digest=_digest(full), uid=st.st_uid, gid=st.st_gid))
     return out
 
 
@@ -249,11 +251,21 @@ def _ensure_dirs(root: str, rel_parent: list[str]) -> str:
     return cur
 
 
+def _own(path: str, uid: int | None, gid: int | None) -> None:
+    """Give ``path`` (not following a symlink) its recorded owner; an agent that is not root keeps its own."""
+    if uid is None and gid is None:
+        return
+    with contextlib.suppress(PermissionError):
+        os.lchown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+
+
 def put_entry(target: str, rel: str, kind: str, chunks: Iterable[bytes], *, mode: int = 0o644,
               digest: str | None = None, link: str | None = None, mtime_ns: int | None = None,
-              force: bool = False) -> dict[str, Any]:
+              force: bool = False, uid: int | None = None, gid: int | None = None) -> dict[str, Any]:
     """Write one entry under ``target`` (see module doc). An existing entry is replaced only with ``force``.
-    A file is checked against ``digest`` (BLAKE3 hex) when given (the file API always gives one)."""
+    A file is checked against ``digest`` (BLAKE3 hex) when given (the file API always gives one). ``uid`` and
+    ``gid``: the numeric owner to give it (set before the mode, so set-id bits survive; an agent that is not
+    root cannot and keeps its own)."""
     check_rel(rel)
     if rel.split("/")[0] == SKIP_TOP:
         raise UsageError(f"restore path {rel!r} is inside the snapshot directory", path=rel)
@@ -266,6 +278,7 @@ def put_entry(target: str, rel: str, kind: str, chunks: Iterable[bytes], *, mode
             raise Conflict(f"restore: {full} exists and is not a directory", path=full)
         if not exists:
             os.mkdir(full, 0o700)
+        _own(full, uid, gid)
         os.chmod(full, mode & 0o7777)
         return {"written": not exists, "bytes": 0}
     if exists and not force:
@@ -275,6 +288,7 @@ def put_entry(target: str, rel: str, kind: str, chunks: Iterable[bytes], *, mode
             raise UsageError(f"restore: symlink {rel!r} has an absolute or empty target", path=rel)
         tmp = os.path.join(parent, f".frieze-tmp-{secrets.token_hex(6)}")
         os.symlink(link, tmp)
+        _own(tmp, uid, gid)
         os.replace(tmp, full)
         return {"written": True, "bytes": 0}
     if kind != "file":
@@ -294,6 +308,7 @@ def put_entry(target: str, rel: str, kind: str, chunks: Iterable[bytes], *, mode
         if digest is not None and h.hexdigest() != digest:
             raise IntegrityError(f"restore: {rel!r} received {n} bytes whose BLAKE3 does not match the announced "
                                  "digest; nothing kept", path=rel)
+        _own(tmp, uid, gid)
         os.chmod(tmp, mode & 0o7777)
         if mtime_ns:
             os.utime(tmp, ns=(mtime_ns, mtime_ns))

@@ -34,7 +34,7 @@ def base_url(address: str) -> str:
 def _entry(d: dict[str, Any]) -> FileEntry:
     """The mover's entry from the wire's (the fields the mover keeps)."""
     return FileEntry(path=d["path"], type=d["type"], size=d["size"], mode=d["mode"], mtime_ns=d["mtime_ns"],
-                     digest=d["digest"], target=d["target"])
+                     digest=d["digest"], target=d["target"], uid=d.get("uid"), gid=d.get("gid"))
 
 
 class _Sink:
@@ -46,7 +46,8 @@ class _Sink:
 
     def put(self, entry: FileEntry, chunks: Iterable[bytes] | None) -> None:
         wire = WireEntry(path=entry.path, type=entry.type, size=entry.size, mode=entry.mode,  # type: ignore[arg-type]
-                         mtime_ns=entry.mtime_ns, digest=entry.digest, target=entry.target)
+                         mtime_ns=entry.mtime_ns, digest=entry.digest, target=entry.target, uid=entry.uid,
+                         gid=entry.gid)
         self.client.put_file(self.target, wire, chunks, force=self.force)
         self.force = True
 

@@ -64,6 +64,8 @@ class FileEntry:
     mtime_ns: int = 0
     digest: str | None = None  # BLAKE3 hex of the content (files)
     target: str | None = None  # symlink target
+    uid: int | None = None  # numeric owner on the host
+    gid: int | None = None
 
 
 class SnapshotSource(Protocol):
@@ -245,9 +247,13 @@ class Mover:
                     progress(done, total)
             else:
                 raise IntegrityError(f"entry {e.path!r} of {what} has unknown type {e.type!r}", path=e.path)
-        # modes and times last (directories after their content)
+        # owners, modes and times last (directories after their content). The mirror keeps the host's numeric
+        # owners (when the coordinator runs as root), so the repository records them and a restore gives them back.
+        as_root = os.geteuid() == 0
         for e in sorted(entries, key=lambda x: -x.path.count("/")):
             p = root / e.path
+            if as_root and (e.uid is not None or e.gid is not None):
+                os.lchown(p, -1 if e.uid is None else e.uid, -1 if e.gid is None else e.gid)
             if e.type != "symlink":
                 os.chmod(p, e.mode & 0o7777)
                 os.utime(p, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
@@ -358,18 +364,20 @@ class Mover:
                 p = d / n
                 st = os.lstat(p)
                 rel = p.relative_to(root).as_posix()
+                uid, gid = st.st_uid, st.st_gid
                 if stat.S_ISDIR(st.st_mode):
-                    yield FileEntry(rel, "dir", 0, st.st_mode & 0o7777, st.st_mtime_ns), p
+                    yield FileEntry(rel, "dir", 0, st.st_mode & 0o7777, st.st_mtime_ns, uid=uid, gid=gid), p
                     stack.append(p)
                 elif stat.S_ISLNK(st.st_mode):
-                    yield FileEntry(rel, "symlink", 0, 0o777, st.st_mtime_ns, target=os.readlink(p)), p
+                    yield FileEntry(rel, "symlink", 0, 0o777, st.st_mtime_ns, target=os.readlink(p), uid=uid,
+                                    gid=gid), p
                 elif stat.S_ISREG(st.st_mode):
                     h = blake3.blake3()
                     with open(p, "rb") as f:
                         while b := f.read(1 << 20):
                             h.update(b)
                     yield FileEntry(rel, "file", st.st_size, st.st_mode & 0o7777, st.st_mtime_ns,
-                                    digest=h.hexdigest()), p
+                                    digest=h.hexdigest(), uid=uid, gid=gid), p
 
     def send(self, root: Path, sink: RestoreSink, *, progress: Progress | None = None,
              cancelled: Callable[[], bool] | None = None) -> tuple[int, int]:

@@ -256,6 +256,10 @@ class AgentClient:
             params["link"] = entry.target
         if entry.mtime_ns:
             params["mtime_ns"] = entry.mtime_ns
+        if entry.uid is not None:
+            params["uid"] = entry.uid
+        if entry.gid is not None:
+            params["gid"] = entry.gid
         content: Iterable[bytes] = chunks if chunks is not None else [b""]
         result: dict[str, Any] = self._json("PUT", "/v1/restore/file", params=params, content=content)
         return result

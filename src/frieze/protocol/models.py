@@ -123,6 +123,8 @@ class FileEntry(BaseModel):
     mtime_ns: int = 0
     digest: str | None = None
     target: str | None = None
+    uid: int | None = None  # numeric owner on the host (kept through backup and restore)
+    gid: int | None = None
 
 
 class VersionInfo(BaseModel):

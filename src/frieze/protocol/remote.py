@@ -70,7 +70,8 @@ class RemoteSink:
 
     def put(self, entry: Any, chunks: Iterable[bytes] | None) -> None:
         e = FileEntry(path=entry.path, type=entry.type, size=entry.size, mode=entry.mode, mtime_ns=entry.mtime_ns,
-                      digest=entry.digest, target=entry.target)
+                      digest=entry.digest, target=entry.target, uid=getattr(entry, "uid", None),
+                      gid=getattr(entry, "gid", None))
         self.client.put_file(self.target, e, chunks, force=self.overwrite)
 
 
