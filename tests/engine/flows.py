@@ -148,6 +148,7 @@ class FiveArgs(BaseModel):
     host: str | None = None
     target: str | None = None
     exclusive: list[str] = []
+    counted: list[tuple[str, int]] = []  # (key, limit) counted resources
     sleep_s: float = 0.0                # in each task body, before its side effect
     sleep_after_s: float = 0.0          # in each task body, after its side effect (a kill there re-runs a done task)
     fail_at: str | None = None          # a task name (forward or undo) that raises
@@ -234,7 +235,8 @@ class Five(Workflow[FiveArgs, FiveVars]):
 
     @classmethod
     def resources(cls, args: Any) -> Resources:
-        return Resources(host=args.host, target=args.target, exclusive=tuple(args.exclusive))
+        return Resources(host=args.host, target=args.target, exclusive=tuple(args.exclusive),
+                         counted=tuple((k, n) for k, n in args.counted))
 
 
 class Backup(Five):

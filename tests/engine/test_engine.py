@@ -335,6 +335,34 @@ def test_busy_resource_delays(mk: MakeEngine, ledger: Ledger) -> None:
         r[3] for r in ledger.rows("effects") if r[1] == first)
 
 
+def test_counted_resources_are_exact_and_work_conserving(mk: MakeEngine, ledger: Ledger) -> None:
+    """At most ``limit`` admitted holders of a counted key, each operation bringing its own limit: two blocked
+    holders of ``host:h`` (limit 2) keep a third waiting; a narrower one (limit 1) waits too; when one holder
+    finishes, the next in line is admitted at once (no binding to a slot)."""
+    e = mk(pools={"five": 6})
+    rel1, arr1 = gate("c1:s2")
+    rel2, arr2 = gate("c2:s2")
+    c1 = e.submit("five", {"ledger": ledger.path, "tag": "c1", "counted": [["host:h", 2]], "block_at": "s2"})
+    c2 = e.submit("five", {"ledger": ledger.path, "tag": "c2", "counted": [["host:h", 2], ["repo:r", 5]],
+                           "block_at": "s2"})
+    assert arr1.wait(20) and arr2.wait(20)
+    c3 = e.submit("five", {"ledger": ledger.path, "tag": "c3", "counted": [["host:h", 2]]})
+    narrow = e.submit("five", {"ledger": ledger.path, "tag": "c4", "counted": [["host:h", 1]]})
+    other = e.submit("five", {"ledger": ledger.path, "tag": "c5", "counted": [["host:g", 1], ["repo:r", 5]]})
+    assert e.wait(other, 30).state == OpState.COMPLETE  # another key is not held back
+    time.sleep(1.0)
+    assert e.status(c3).state == OpState.QUEUED and e.status(narrow).state == OpState.QUEUED
+    assert e.status(c3).resources.counted == (("host:h", 2),)
+    rel1.set()
+    assert e.wait(c1, 30).state == OpState.COMPLETE
+    assert e.wait(c3, 30).state == OpState.COMPLETE  # admitted as soon as one of the two holders finished
+    assert e.status(narrow).state == OpState.QUEUED  # c2 still holds host:h and c4 allows only one
+    rel2.set()
+    assert e.wait(c2, 30).state == OpState.COMPLETE
+    assert e.wait(narrow, 30).state == OpState.COMPLETE
+    assert _max_overlap(ledger, [c1, c2, c3]) == 2
+
+
 def test_separate_pools_restores_not_starved(mk: MakeEngine, ledger: Ledger) -> None:
     e = mk(pools={"backup": 1, "restore": 1})
     rel, arr = gate("pb:s1")

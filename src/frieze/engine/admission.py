@@ -4,12 +4,12 @@
   type, per type and target, per host; reaching a hard limit rejects the request (:class:`LimitExceeded`).
 - :meth:`Admission.admit` before a first run, oldest first: an ``exclusive`` resource held by an admitted
   operation delays the operation by ``busy_delay_s``; a reached soft limit (counting *admitted* operations)
-  leaves it waiting in the queue; otherwise it is admitted (its first run is then enqueued).
+  leaves it waiting in the queue, and so does a ``counted`` resource that as many admitted operations hold
+  as the operation's own limit for it; otherwise it is admitted (its first run is then enqueued).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 
@@ -76,14 +76,17 @@ class Admission:
             ops.c.admitted == 1, ops.c.state.in_(_ACTIVE))).all()
         counts = self._count([(r[0], r[1], r[2]) for r in admitted])
         held: set[str] = set()
+        holders: Counter[str] = Counter()  # counted key -> admitted operations holding it
         for r in admitted:
-            held.update(json.loads(r[3] or "[]"))
+            excl, counted = Resources.parse_json(r[3])
+            held.update(excl)
+            holders.update(k for k, _n in counted)
         waiting = c.execute(sa.select(ops.c.id, ops.c.type, ops.c.target, ops.c.host, ops.c.exclusive_json).where(
             ops.c.state == OpState.QUEUED.value, ops.c.admitted == 0, ops.c.not_before <= now,
             ops.c.type.in_(sorted(registered))).order_by(ops.c.created, ops.c.id).limit(500)).all()
         out: list[str] = []
         for op_id, op_type, target, host, excl_json in waiting:
-            excl = json.loads(excl_json or "[]")
+            excl, counted = Resources.parse_json(excl_json)
             busy = [x for x in excl if x in held]
             if busy:
                 c.execute(sa.update(ops).where(ops.c.id == op_id).values(
@@ -95,10 +98,13 @@ class Admission:
             keys = self._keys(op_type, target, host)
             if any(_reached(limit, counts[(kind, key)], hard=False) for kind, limit, key in keys):
                 continue  # waits in the queue, in order
+            if any(holders[k] >= max(1, n) for k, n in counted):
+                continue  # a counted resource is at its limit: waits in the queue, in order
             c.execute(sa.update(ops).where(ops.c.id == op_id).values(
                 admitted=1, enqueued=0, run_no=ops.c.run_no + 1, updated=now))
             for kind, _limit, key in keys:
                 counts[(kind, key)] += 1
             held.update(excl)
+            holders.update(k for k, _n in counted)
             out.append(op_id)
         return out

@@ -171,7 +171,7 @@ class Engine:
             c.execute(sa.insert(ops).values(
                 id=op_id, type=op_type, state=OpState.QUEUED.value, args_json=json.dumps(plain),
                 args_redacted=json.dumps(redacted), host=res.host, target=res.target,
-                exclusive_json=json.dumps(list(res.exclusive)), dedup_key=key, admitted=0, enqueued=0, run_no=0,
+                exclusive_json=res.to_json(), dedup_key=key, admitted=0, enqueued=0, run_no=0,
                 not_before=0.0, pos=0, vars_json=wf.Vars().model_dump_json(), phase="forward",
                 cancel_requested=0, started=0, steps_done=0, steps_total=wf.steps_total(), bytes_done=0,
                 bytes_total=0, undo_errors_json="[]", created=now, updated=now))
@@ -198,7 +198,8 @@ class Engine:
             finished=_dt(row["finished"]), cancel_requested=bool(row["cancel_requested"]),
             checkpoint=row["checkpoint"], args=json.loads(row["args_redacted"]),
             resources=Resources(host=row["host"], target=row["target"],
-                                exclusive=tuple(json.loads(row["exclusive_json"] or "[]"))),
+                                exclusive=Resources.parse_json(row["exclusive_json"])[0],
+                                counted=Resources.parse_json(row["exclusive_json"])[1]),
             executor_id=row["executor_id"], has_diagnostics=has_diag)
 
     def _has_diag(self, op_id: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,20 +106,37 @@ class Resources:
 
     ``host`` and ``target`` (a storage target, e.g. a repository) feed the per-host and per-type-per-target
     limits. ``exclusive`` names resources only one admitted operation may hold at a time (e.g. ``"vol:db01"``);
-    if one is held, the operation is delayed (``Limits.busy_delay_s``) and tried again.
+    if one is held, the operation is delayed (``Limits.busy_delay_s``) and tried again. ``counted`` are
+    ``(key, limit)`` pairs: the operation is admitted only while fewer than ``limit`` admitted operations hold
+    ``key`` (each operation brings its own limit for the key, so a narrower policy can share a key with a wider
+    one); until then it waits in the queue like an operation under a soft limit.
     """
 
     host: str | None = None
     target: str | None = None
     exclusive: tuple[str, ...] = ()
+    counted: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "target": self.target, "exclusive": list(self.exclusive)}
+        return {"host": self.host, "target": self.target, "exclusive": list(self.exclusive),
+                "counted": [[k, n] for k, n in self.counted]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Resources:
         d = d or {}
-        return cls(host=d.get("host"), target=d.get("target"), exclusive=tuple(d.get("exclusive") or ()))
+        return cls(host=d.get("host"), target=d.get("target"), exclusive=tuple(d.get("exclusive") or ()),
+                   counted=tuple((str(k), int(n)) for k, n in d.get("counted") or ()))
+
+    def to_json(self) -> str:
+        """The stored form (column ``exclusive_json``): exclusive names as strings, counted as ``[key, limit]``."""
+        return json.dumps([*self.exclusive, *([k, n] for k, n in self.counted)])
+
+    @staticmethod
+    def parse_json(s: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+        """(exclusive, counted) from the stored form (rows written before ``counted`` hold only strings)."""
+        items = json.loads(s or "[]")
+        return (tuple(x for x in items if isinstance(x, str)),
+                tuple((str(x[0]), int(x[1])) for x in items if isinstance(x, list) and len(x) == 2))
 
 
 @dataclass(frozen=True)
