@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -275,8 +276,10 @@ def test_fleet_in_network_namespaces(tmp_path: Path) -> None:
             st4 = fleet.op("/operations/restore", {"restore_point": rp["id"], "volume": "pg-data", "overwrite": True},
                            "restore pg, original place")
             assert st4["state"] == "complete", st4["error"]
-            # the agent writes restored files as root; PostgreSQL needs them owned by its OS user
-            subprocess.run(["chown", "-R", "postgres:postgres", str(pg.data_dir)], check=True)
+            # owners came back with the data (host listing → mirror → repository → staging → agent): PostgreSQL
+            # refuses a data directory that is not its OS user's
+            pg_uid = pwd.getpwnam("postgres").pw_uid
+            assert os.stat(pg.data_dir).st_uid == pg_uid and os.stat(pg.data_dir / "PG_VERSION").st_uid == pg_uid
             t0 = time.monotonic()
             st5 = fleet.op("/operations/recover", {"app": "pg"}, "recover pg to the end of its logs")
             figures["recover_s"] = round(time.monotonic() - t0, 1)

@@ -375,6 +375,7 @@ class HostService:
         if rel.startswith(".."):
             return []
         added = []
+        owner = os.stat(a.data_dir)  # the engine's own files belong to its OS user (restored with that owner)
         for snap_id in sorted(self._epoch_snaps.get((a.volume, epoch), ())):
             for n, content in files.items():
                 relpath = n if rel == "." else f"{rel}/{n}".replace(os.sep, "/")
@@ -382,6 +383,8 @@ class HostService:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(dest.name + ".tmp")
                 tmp.write_text(content)
+                with contextlib.suppress(PermissionError):
+                    os.chown(tmp, owner.st_uid, owner.st_gid)
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, dest)
                 added.append(f"{snap_id}:{relpath}")
