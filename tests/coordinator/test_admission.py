@@ -90,8 +90,8 @@ def test_limits_per_host_repository_and_policy(tmp_path: Path) -> None:
         sts = _run_all(c, [("ps0", None, "r1"), ("ps1", None, "r2"), ("ps2", None, "r1")])
         peaks["host=1"] = (port.peak, round(time.monotonic() - t0, 1))
         assert port.peak == 1, "the host allows one backup at a time"
-        slots = [x for st in sts for x in st.resources.exclusive if x.startswith("limit:host:")]
-        assert len(set(slots)) == 1, slots
+        held = [(k, n) for st in sts for k, n in st.resources.counted if k.startswith("limit:host:")]
+        assert len(held) == 3 and len(set(held)) == 1 and held[0][1] == 1, held  # one key, the host's limit
         # host 3 and repositories 2: two sets into r1 plus one into r2 run together
         c.resources.set_host_limit("h0", 3)
         port.peak = 0

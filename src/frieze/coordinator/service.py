@@ -313,9 +313,9 @@ class Coordinator:
         return self._accepted(op_id)
 
     def _backup_resources(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Admission (coordinator.limits): one backup per volume at a time, and one slot of each host of the
-        set and of the repository, within the effective limits of the hosts, the repository and the policy."""
-        from frieze.coordinator.limits import choose_slots, effective
+        """Admission (coordinator.limits): one backup per volume at a time, and a counted hold of each host of
+        the set and of the repository, within the effective limits of the hosts, the repository and the policy."""
+        from frieze.coordinator.limits import counted, effective
 
         with self.catalog.session() as s:
             ps = s.get(ProtectionSet, args["protection_set_id"])
@@ -330,18 +330,8 @@ class Coordinator:
                       for h in (s.get(Host, x) for x in host_ids) if h is not None]
             wanted.append(("repo", repo.id, effective(repo.max_concurrent, pol.max_per_repository if pol else None)))
             vol_ids = sorted(ps.volume_ids)
-        slots = choose_slots(wanted, self._active_exclusive("backup"))
         return {"host": None, "target": args["repository_id"],
-                "exclusive": [f"vol:{v}" for v in vol_ids] + slots}
-
-    def _active_exclusive(self, op_type: str) -> list[list[str]]:
-        """The exclusive resources of every active (queued, running, paused, aborting) operation of a type."""
-        from frieze.engine import OpState
-
-        out: list[list[str]] = []
-        for st in (OpState.QUEUED, OpState.RUNNING, OpState.PAUSED, OpState.ABORTING):
-            out.extend(list(x.resources.exclusive) for x in self._engine().list(state=st, type=op_type, limit=1000))
-        return out
+                "exclusive": [f"vol:{v}" for v in vol_ids], "counted": counted(wanted)}
 
     def bind_schedule_run(self, policy_id: str, tick: str, op_id: str) -> str:
         """Bind the scheduled run (policy, tick) to ``op_id`` unless another operation holds it already;
