@@ -11,7 +11,7 @@ def make_engine(config: CoordinatorConfig) -> Engine:
     from frieze.coordinator.workflows.recover import RecoverWorkflow
     from frieze.coordinator.workflows.restore import RestoreWorkflow
 
-    # Backups: per host, per repository and per policy through slot resources (coordinator.limits); the
+    # Backups: per host, per repository and per policy through counted resources (coordinator.limits); the
     # engine's per-host limit then applies to restores (their target host). Global caps per type stay here.
     limits = Limits(
         per_type={"backup": Limit(soft=8, hard=200), "restore": Limit(soft=2, hard=50),
