@@ -12,20 +12,40 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass, field
-
-import numpy as np
-import numpy.typing as npt
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from frieze.core.errors import IntegrityError
 from frieze.repo.crypto import MAGIC_INDEX, KeyRing, open_object, seal_object
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 INDEX_PREFIX = "index/"
 ENTRY = struct.Struct("<32sBBIII")  # 46 bytes; also the pack trailer's entry layout
 PACK_HEAD = struct.Struct("<32sQI")
-ENTRY_DTYPE = np.dtype([("id", "u1", (32,)), ("kind", "u1"), ("flags", "u1"), ("offset", "<u4"),
-                        ("length", "<u4"), ("raw", "<u4")])
-PACK_DTYPE = np.dtype([("id", "u1", (32,)), ("size", "<u8"), ("count", "<u4")])
-assert ENTRY_DTYPE.itemsize == ENTRY.size and PACK_DTYPE.itemsize == PACK_HEAD.size
+
+
+@cache
+def dtypes() -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``(ENTRY_DTYPE, PACK_DTYPE)``: numpy is imported on first use, not with this module (a process that
+    opens a repository imports it on a helper thread while the key-slot KDF runs)."""
+    import numpy as np
+
+    entry = np.dtype([("id", "u1", (32,)), ("kind", "u1"), ("flags", "u1"), ("offset", "<u4"),
+                      ("length", "<u4"), ("raw", "<u4")])
+    pack = np.dtype([("id", "u1", (32,)), ("size", "<u8"), ("count", "<u4")])
+    assert entry.itemsize == ENTRY.size and pack.itemsize == PACK_HEAD.size
+    return entry, pack
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ENTRY_DTYPE":
+        return dtypes()[0]
+    if name == "PACK_DTYPE":
+        return dtypes()[1]
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,9 @@ class IndexFile:
 
 
 def decode_body_arrays(body: bytes, what: str) -> IndexArrays:
+    import numpy as np
+
+    ENTRY_DTYPE, PACK_DTYPE = dtypes()
     try:
         (ns,) = struct.unpack_from("<I", body, 0)
         pos = 4

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time as _time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,6 @@ from frieze.repo.appendonly import AppendOnlyView, marker_present, write_marker
 from frieze.repo.blobstore.base import BlobStore
 from frieze.repo.config import CONFIG_KEY, RepoConfig, read_config_bytes
 from frieze.repo.crypto import KeyRing, MasterKeys, blob_ad, compress, decompress
-from frieze.repo.dedup import DedupIndex
 from frieze.repo.index import (
     INDEX_PREFIX,
     IndexArrays,
@@ -74,6 +73,8 @@ class Repository:
         self.slot_id = slot_id
         self.state_dir = state_dir
         self.lease_skew_s = lease_skew_s
+        from frieze.repo.dedup import DedupIndex  # numpy: see open()
+
         self.dedup = DedupIndex()
         self.catalog = SnapshotCatalog(store, ring, config.id, state_dir)
         self._loaded_indexes: set[str] = set()
@@ -135,18 +136,31 @@ class Repository:
             found["cfg"] = cfg
             return cfg.id == repo_id
 
-        try:
-            master, slot_id, _repo_id = KeySlots(store).unlock(password, accept)
-        except WrongPassword:
+        # The key-slot KDF (Argon2id, ~0.3 s) releases the GIL: it runs on a helper thread while this one
+        # imports the index code (numpy) and reads index files, which need no key yet.
+        box: dict[str, Any] = {}
+
+        def unlock() -> None:
+            try:
+                box["ok"] = KeySlots(store).unlock(password, accept)
+            except BaseException as e:  # re-raised below, in the caller's thread
+                box["err"] = e
+
+        helper = threading.Thread(target=unlock, name="frieze-unlock", daemon=True)
+        helper.start()
+        prefetched = _prefetch_indexes(store, helper.is_alive)
+        helper.join()
+        if "err" in box:
             err = found.get("err")
-            if isinstance(err, IntegrityError) and "cfg" not in found:
+            if isinstance(box["err"], WrongPassword) and isinstance(err, IntegrityError) and "cfg" not in found:
                 raise err from None  # the password opened a slot, but the config does not authenticate
-            raise
+            raise box["err"]
+        master, slot_id, _repo_id = box["ok"]
         ring = KeyRing(master)
         cfg = found["cfg"]
         assert isinstance(cfg, RepoConfig)
         repo = cls(_honour_marker(store), ring, master, cfg, slot_id, state_dir, lease_skew_s)
-        repo.load_index()
+        repo.load_index(prefetched=prefetched)
         return repo
 
     @property
@@ -185,16 +199,20 @@ class Repository:
     def index_keys(self) -> list[str]:
         return sorted(b.key for b in self.store.list(INDEX_PREFIX))
 
-    def load_index(self, threads: int = 8) -> int:
-        """Load index files not loaded yet (fetched and decrypted in parallel); returns how many."""
+    def load_index(self, threads: int = 8, prefetched: dict[str, bytes] | None = None) -> int:
+        """Load index files not loaded yet (fetched and decrypted in parallel); returns how many.
+
+        ``prefetched``: bytes of some index files already read (by :meth:`open`), used instead of a get."""
         with self._index_lock:
             todo = [k for k in self.index_keys() if k not in self._loaded_indexes]
             if not todo:
                 return 0
+            early = dict(prefetched or {})
 
             def fetch(key: str) -> tuple[str, IndexArrays | None]:
                 try:
-                    return key, decode_arrays(self._ring, key, self.store.get(key))
+                    data = early.get(key)
+                    return key, decode_arrays(self._ring, key, data if data is not None else self.store.get(key))
                 except NotFound:
                     return key, None  # removed by a concurrent prune after it wrote a superseding index
                 except (IntegrityError, FormatError) as e:
@@ -221,6 +239,8 @@ class Repository:
 
     def reload_index(self) -> None:
         """Forget the in-memory index and load every index file again (after prune)."""
+        from frieze.repo.dedup import DedupIndex
+
         with self._index_lock:
             self.dedup = DedupIndex()
             self._loaded_indexes = set()
@@ -394,6 +414,30 @@ class Repository:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: At most this many bytes of index files are read ahead while the key-slot KDF runs.
+PREFETCH_INDEX_BYTES = 256 << 20
+
+
+def _prefetch_indexes(store: BlobStore, keep_going: Callable[[], bool]) -> dict[str, bytes]:
+    """Import the index code and read index files (raw, still sealed) while ``keep_going()``; best effort:
+    whatever is not read here (or fails) is read by :meth:`Repository.load_index`, which reports errors."""
+    out: dict[str, bytes] = {}
+    try:
+        import frieze.repo.dedup  # noqa: F401  (numpy, ~0.15-0.3 s)
+        from frieze.repo.index import dtypes
+
+        dtypes()
+        total = 0
+        for b in sorted(store.list(INDEX_PREFIX), key=lambda b: b.key):
+            if not keep_going() or total + b.size > PREFETCH_INDEX_BYTES:
+                break
+            out[b.key] = store.get(b.key)
+            total += len(out[b.key])
+    except FriezeError:
+        pass
+    return out
 
 
 def _honour_marker(store: BlobStore) -> BlobStore:

@@ -32,10 +32,11 @@ import base64
 import binascii
 import itertools
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from frieze.core.errors import IntegrityError
 
@@ -62,9 +63,10 @@ class NodeType(StrEnum):
     SOCKET = "socket"
 
 
-@dataclass(frozen=True)
-class Extent:
-    """A run of a file's bytes: a data blob (``id``) of ``length`` bytes, or a hole (``id is None``)."""
+class Extent(NamedTuple):
+    """A run of a file's bytes: a data blob (``id``) of ``length`` bytes, or a hole (``id is None``).
+
+    A named tuple (not a dataclass): a 1 GiB database file has 16 384 of them, built on every decode."""
 
     id: bytes | None
     length: int
@@ -165,9 +167,8 @@ _B64URL_RUN = re.compile(r"[A-Za-z0-9_-]*\Z")
 _TO_STD = str.maketrans("-_", "+/")
 
 
-def _parse_extents(xs: list[Any], what: str) -> list[Extent]:
-    """Check and decode a node's extent list; the ids are decoded with one base64 call for all of them
-    (each canonical 43-character id plus an ``A`` is 33 bytes whose last byte is zero)."""
+def _parse_extents_slow(xs: list[Any], what: str) -> list[Extent]:
+    """Check and decode a node's extent list item by item (the reference; names the first bad item)."""
     lens: list[int] = []
     strs: list[str] = []
     for item in xs:
@@ -196,6 +197,98 @@ def _parse_extents(xs: list[Any], what: str) -> list[Extent]:
             out.append(Extent(raw[k:k + ID_LEN], ln))
             k += ID_LEN + 1
     return out
+
+
+_B64URL_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STD_BYTES = bytes.maketrans(b"-_", b"+/")
+_ONLY_LIST = {list}
+_ONLY_INT = {int}
+_ONLY_STR = {str}
+_ONLY_2 = {2}
+_ONLY_43 = {43}
+
+
+def _extent_columns(xs: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...], list[str]] | None:
+    """``(ids, lengths, id strings)`` of a well-formed extent list, checked with set/map calls instead of a
+    Python loop per extent; None when anything is off (the caller then runs the reference check)."""
+    if type(xs) is not list or not xs:
+        return ((), (), []) if type(xs) is list else None
+    if set(map(type, xs)) != _ONLY_LIST or set(map(len, xs)) != _ONLY_2:
+        return None
+    sids, lens = zip(*xs, strict=True)
+    if set(map(type, lens)) != _ONLY_INT or min(lens) <= 0 or max(lens) >= 1 << 63:
+        return None
+    strs = [x for x in sids if x is not None]
+    if strs and (set(map(type, strs)) != _ONLY_STR or set(map(len, strs)) != _ONLY_43):
+        return None
+    return sids, lens, strs
+
+
+def _decode_ids(strs: list[str]) -> bytes | None:
+    """The 32-byte ids of canonical 43-character base64url ids, each followed by one zero byte (one base64
+    call for all: a canonical id plus ``A`` is 44 characters = 33 bytes); None if any id is not canonical."""
+    if not strs:
+        return b""
+    joined = "A".join(strs)
+    if not set(joined[42::44]) <= _CANON_LAST or not joined.isascii():
+        return None
+    jb = joined.encode("ascii")
+    if jb.translate(None, _B64URL_BYTES):  # anything left is not a base64url character
+        return None
+    return binascii.a2b_base64(jb.translate(_TO_STD_BYTES) + b"A")
+
+
+def _parse_extents(xs: list[Any], what: str) -> list[Extent]:
+    """Check and decode a node's extent list; the ids are decoded with one base64 call for all of them."""
+    cols = _extent_columns(xs)
+    raw = _decode_ids(cols[2]) if cols is not None else None
+    if cols is None or raw is None:
+        return _parse_extents_slow(xs, what)
+    sids, lens, strs = cols
+    ids: list[bytes | None] = [raw[k:k + ID_LEN] for k in range(0, len(raw), ID_LEN + 1)]
+    if len(strs) != len(sids):  # holes among them
+        it = iter(ids)
+        ids = [None if x is None else next(it) for x in sids]
+    return list(map(Extent, ids, lens))
+
+
+def extent_ids(xs: Any, what: str) -> list[bytes]:
+    """The data blob ids (file order, repeats kept, holes skipped) of a node object's raw ``x`` list, checked
+    like :func:`decode_tree` checks it; IntegrityError naming ``what`` otherwise."""
+    cols = _extent_columns(xs)
+    raw = _decode_ids(cols[2]) if cols is not None else None
+    if cols is None or raw is None:
+        return [e.id for e in _parse_extents_slow(xs, what) if e.id is not None]
+    return [raw[k:k + ID_LEN] for k in range(0, len(raw), ID_LEN + 1)]
+
+
+def extent_ids_all(xss: list[Any]) -> bytes | None:
+    """The ids of several raw ``x`` lists at once, as one bytes of 33-byte groups (id + a zero byte), when
+    every list is well formed and has no hole; None otherwise (then check each list with :func:`extent_ids`)."""
+    flat: list[Any] = []
+    for xs in xss:
+        if type(xs) is not list:
+            return None
+        flat.extend(xs)
+    cols = _extent_columns(flat)
+    if cols is None or len(cols[2]) != len(cols[0]):
+        return None
+    return _decode_ids(cols[2])
+
+
+def _encode_extents(extents: list[Extent]) -> list[list[Any]]:
+    """The ``x`` list of a node: ids base64url-encoded with one call for all (see :func:`_decode_ids`)."""
+    ids = [e.id for e in extents if e.id is not None]
+    if not ids:
+        return [[None, e.length] for e in extents]
+    if any(len(i) != ID_LEN for i in ids):
+        return [[None if e.id is None else _b64id(e.id), e.length] for e in extents]
+    text = base64.urlsafe_b64encode(b"\0".join(ids) + b"\0").decode("ascii")
+    strs = [text[k:k + 43] for k in range(0, len(text), 44)]
+    if len(ids) == len(extents):
+        return [[sid, e.length] for sid, e in zip(strs, extents, strict=True)]
+    it = iter(strs)
+    return [[None if e.id is None else next(it), e.length] for e in extents]
 
 
 def _put_bytes(d: dict[str, Any], text_key: str, bin_key: str, value: bytes) -> None:
@@ -238,15 +331,21 @@ _INT_KEYS = {"mode": "m", "uid": "u", "gid": "g", "mtime_ns": "mt", "atime_ns": 
              "size": "s", "inode": "i", "dev": "d", "rdev": "rd", "block_size": "bs", "page_size": "ps"}
 
 
+_INT_ATTRS = operator.attrgetter(*_INT_FIELDS)
+_INT_KEY_SEQ = tuple(_INT_KEYS[f] for f in _INT_FIELDS)
+
+
 def node_to_obj(node: Node) -> dict[str, Any]:
     """The JSON object of one node (defaults omitted)."""
-    check_name(node.name)
+    name = check_name(node.name)
     d: dict[str, Any] = {"t": node.type.value}
-    _put_bytes(d, "n", "nb", node.name)
-    for f in _INT_FIELDS:
-        v = getattr(node, f)
+    try:
+        d["n"] = name.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        d["nb"] = base64.b64encode(name).decode("ascii")
+    for k, v in zip(_INT_KEY_SEQ, _INT_ATTRS(node), strict=True):
         if v:
-            d[_INT_KEYS[f]] = int(v)
+            d[k] = int(v)
     if node.nlink != 1:
         d["nl"] = node.nlink
     if node.user:
@@ -257,7 +356,7 @@ def node_to_obj(node: Node) -> dict[str, Any]:
         d["xa"] = [[base64.b64encode(k).decode("ascii"), base64.b64encode(v).decode("ascii")]
                    for k, v in sorted(node.xattrs)]
     if node.extents:
-        d["x"] = [[None if e.id is None else _b64id(e.id), e.length] for e in node.extents]
+        d["x"] = _encode_extents(node.extents)
     if node.subtree is not None:
         d["st"] = _b64id(node.subtree)
     if node.target is not None:
@@ -395,6 +494,61 @@ def decode_tree(blob: bytes, tree_id: bytes | None = None) -> list[Node]:
                                  tree=tree_id.hex() if tree_id else None, name=repr(node.name))
         nodes.append(node)
     return nodes
+
+
+def parse_tree_objects(blob: bytes, tree_id: bytes | None = None) -> dict[bytes, dict[str, Any]]:
+    """The node objects of a tree blob by name, with the framing checked (header, one JSON object per line,
+    safe names strictly increasing) but the fields not: :func:`obj_to_node` checks them when a node is built.
+
+    For a caller that compares objects instead of using nodes (backup compares the object it would write for
+    an entry with its parent's, and builds a parent node only where it needs one)."""
+    what = f"tree {tree_id.hex()}" if tree_id is not None else "tree"
+    if not blob.endswith(b"\n"):
+        raise IntegrityError(f"{what}: not a tree blob (no final newline)", tree=tree_id.hex() if tree_id else None)
+    lines = blob[:-1].split(b"\n")
+    if lines[0] != HEADER:
+        raise IntegrityError(f"{what}: not a tree blob of version {FORMAT_VERSION}",
+                             tree=tree_id.hex() if tree_id else None)
+    out: dict[bytes, dict[str, Any]] = {}
+    last = b""
+    try:  # one parser call for the whole tree; the line-by-line loop below names a bad line
+        objs: list[Any] = json.loads(b"[" + b",".join(lines[1:]) + b"]")
+        if len(objs) != len(lines) - 1:
+            raise ValueError("a line holds more than one value")
+    except (ValueError, UnicodeDecodeError):
+        objs = []
+        for i, line in enumerate(lines[1:], start=1):
+            try:
+                objs.append(json.loads(line))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise IntegrityError(f"{what}: line {i} is not JSON") from e
+    for obj in objs:
+        if type(obj) is not dict:
+            raise IntegrityError(f"{what}: node is not an object")
+        name = _get_bytes(obj, "n", "nb", what)
+        if name is None:
+            raise IntegrityError(f"{what}: node without a name")
+        check_name(name)
+        if out and not last < name:
+            raise IntegrityError(f"{what}: entry {name!r} is a duplicate or out of order",
+                                 tree=tree_id.hex() if tree_id else None, name=repr(name))
+        out[name] = obj
+        last = name
+    return out
+
+
+def encode_objects(objs: list[tuple[bytes, dict[str, Any]]]) -> bytes:
+    """A tree blob from ``(name, node object)`` pairs (each object as :func:`node_to_obj` makes it): the same
+    bytes :func:`encode_tree` gives for the nodes. Duplicate names raise IntegrityError."""
+    ordered = sorted(objs, key=lambda p: p[0])
+    for a, b in itertools.pairwise(ordered):
+        if a[0] == b[0]:
+            raise IntegrityError(f"duplicate entry name {a[0]!r} in one directory")
+    dumps = json.dumps
+    lines = [HEADER]
+    lines.extend(dumps(o, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                 for _n, o in ordered)
+    return b"\n".join(lines) + b"\n"
 
 
 def referenced_blobs(tree_blob: bytes) -> tuple[list[bytes], list[bytes]]:
