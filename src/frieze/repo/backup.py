@@ -119,27 +119,42 @@ class _Pipeline:
         self.checkpoint_bytes = checkpoint_bytes
         self._lock = threading.Lock()
         self._new_since_checkpoint = 0
+        #: the writer's count of stored bytes, when it has one (else raw new bytes are counted here)
+        self._stored: Callable[[], int] | None = (
+            (lambda: int(writer.stored_bytes)) if hasattr(writer, "stored_bytes") else None)
+        self._stored_at_checkpoint = 0
         self.checkpoints = 0
 
     def _store(self, data: bytes | memoryview) -> tuple[bytes, bool]:
         bid = self.repo.chunk_id(data)
         new = bool(self.writer.add_blob(bid, data, kind=BlobKind.DATA))
-        if new:
+        if new and self._stored is None:
             with self._lock:
                 self._new_since_checkpoint += len(data)
         return bid, new
 
     def maybe_checkpoint(self) -> None:
-        """Make what was stored so far durable *and indexed* every ``checkpoint_bytes`` of new data, so a
-        killed backup loses at most that much for the re-run to reuse."""
-        if self.checkpoint_bytes <= 0 or self._new_since_checkpoint < self.checkpoint_bytes:
+        """Make what was stored so far durable *and indexed* every ``checkpoint_bytes`` of new stored
+        (compressed, encrypted) bytes, so a killed backup loses at most that much for the re-run to reuse.
+
+        With a writer that has ``checkpoint()`` the main thread does not wait for it (the index file is
+        written once the packs are durable); with only ``flush()`` it does."""
+        if self.checkpoint_bytes <= 0:
             return
-        flush = getattr(self.writer, "flush", None)
-        if flush is None:
+        if self._stored is not None:
+            stored = self._stored()
+            if stored - self._stored_at_checkpoint < self.checkpoint_bytes:
+                return
+            self._stored_at_checkpoint = stored
+        else:
+            if self._new_since_checkpoint < self.checkpoint_bytes:
+                return
+            with self._lock:
+                self._new_since_checkpoint = 0
+        start = getattr(self.writer, "checkpoint", None) or getattr(self.writer, "flush", None)
+        if start is None:
             return
-        with self._lock:
-            self._new_since_checkpoint = 0
-        flush()
+        start()
         self.checkpoints += 1
 
     def _store_many(self, views: list[bytes | memoryview]) -> list[tuple[bytes, bool]]:

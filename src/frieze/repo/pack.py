@@ -7,7 +7,8 @@ the unkeyed BLAKE3 of the pack bytes; its key is ``data/<2 hex>/<64 hex>``.
 :class:`PackWriter` contract: :meth:`PackWriter.add` is thread-safe and never blocks on storage except for
 back-pressure (at most ``max_in_flight`` full packs waiting; ``threads`` puts run in parallel so
 that fsyncs overlap); :meth:`PackWriter.flush` returns once every
-pack handed over is durable and ``on_durable`` has been called for it, or raises the first storage error.
+pack handed over is durable and ``on_durable`` has been called for it, or raises the first storage error;
+:meth:`PackWriter.seal` hands the open pack over without waiting.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class PackWriter:
         self._max_bufs = max_in_flight + 1
         self._q: queue.Queue[tuple[bytearray, int, list[Entry]] | None] = queue.Queue()
         self._outstanding = 0
+        #: packs handed to the put threads so far
+        self.packs_handed = 0
         self._idle = threading.Condition(self._lock)
         self._error: FriezeError | None = None
         self._open: _Open | None = None
@@ -156,6 +159,7 @@ class PackWriter:
                         handoff = op
                         self._open = None
                         self._outstanding += 1
+                        self.packs_handed += 1
                     break
             buf = self._get_buf()  # outside the lock: may wait for the writer thread (back-pressure)
             buf[0:HEADER_LEN] = header(MAGIC_PACK)
@@ -169,18 +173,27 @@ class PackWriter:
         with self._lock:
             return 0 if self._open is None else self._open.pos
 
-    def flush(self) -> None:
-        """Hand over the open pack and wait until every pack is durable (or raise the first error)."""
+    def seal(self) -> int:
+        """Hand over the open pack (if it holds a blob) without waiting; return how many packs have been
+        handed over so far (the sealed one included)."""
+        self._raise_error()
         with self._lock:
             op = self._open
             self._open = None
             if op is not None and op.entries:
                 self._outstanding += 1
+                self.packs_handed += 1
             elif op is not None:
                 self._free.put(op.buf)
                 op = None
+            handed = self.packs_handed
         if op is not None:
             self._q.put((op.buf, op.pos, op.entries))
+        return handed
+
+    def flush(self) -> None:
+        """Hand over the open pack and wait until every pack is durable (or raise the first error)."""
+        self.seal()
         with self._idle:
             while self._outstanding and self._error is None:
                 self._idle.wait(0.5)

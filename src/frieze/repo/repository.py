@@ -465,6 +465,9 @@ class RepoWriter:
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         self._unindexed: list[PackRecord] = []
+        #: packs durable so far, and (after a checkpoint) how many must be before an index file is written
+        self._durable = 0
+        self._index_at: int | None = None
         self._level = repo.config.compression_level
         self.blobs_added = 0
         self.bytes_added = 0
@@ -587,7 +590,10 @@ class RepoWriter:
         names them: another writer of the same process must never dedup against a blob no index lists."""
         with self._lock:
             self._unindexed.append(rec)
+            self._durable += 1
             due = len(self._unindexed) >= self.INDEX_EVERY_PACKS
+            if self._index_at is not None and self._durable >= self._index_at:
+                due, self._index_at = True, None
         if due:
             self._write_index()
 
@@ -611,6 +617,20 @@ class RepoWriter:
                     self._pending.discard(e[0])
 
     # -- commit ------------------------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Start a checkpoint without waiting: the open pack goes to the put threads, and an index file
+        naming every durable unindexed pack is written (on a put thread) as soon as that many packs are
+        durable. A storage error surfaces at the next ``add_blob``, ``flush`` or ``commit``."""
+        self.lease.ensure_valid("a checkpoint")
+        handed = self._pw.seal()
+        with self._lock:
+            if self._durable >= handed:
+                due = bool(self._unindexed)
+            else:
+                due, self._index_at = False, handed
+        if due:
+            self._write_index()
+
     def flush(self) -> None:
         """Make every blob added so far durable and indexed (a checkpoint; not a commit)."""
         self.lease.ensure_valid("flushing packs")
