@@ -133,6 +133,23 @@ class RecoverRequest(Strict):
     target: RecoverTarget = Field(default_factory=RecoverTarget)
 
 
+class ProvisionRequest(Strict):
+    """A declarative batch: each list takes the same items as its resource's own create call. References (a
+    volume's host, an app's volume, a set's apps, a policy's set and repository) name a catalog row (id or name)
+    or an item of the same batch (by name). Existing items that match are left unchanged; differing ones are a
+    conflict."""
+    hosts: list[HostCreate] = Field(default_factory=list, max_length=500)
+    volumes: list[VolumeCreate] = Field(default_factory=list, max_length=500)
+    repositories: list[RepositoryCreate] = Field(default_factory=list, max_length=100)
+    apps: list[AppCreate] = Field(default_factory=list, max_length=500)
+    protection_sets: list[ProtectionSetCreate] = Field(default_factory=list, max_length=500)
+    policies: list[PolicyCreate] = Field(default_factory=list, max_length=500)
+
+
+class EnrollmentTokenCreate(Strict):
+    ttl_s: float = Field(default=3600.0, ge=60, le=7 * 86400, description="seconds the token stays valid")
+
+
 class TokenCreate(Strict):
     name: str = Name
     role: Literal["admin", "operator", "read-only"]
@@ -244,6 +261,18 @@ class FileInfo(BaseModel):
 class OperationAccepted(BaseModel):
     operation_id: str
     state: str
+
+
+class ProvisionPlanItem(BaseModel):
+    kind: Literal["hosts", "volumes", "repositories", "apps", "protection_sets", "policies"]
+    name: str
+    id: str = Field(description="the catalog id (assigned now for an item to create)")
+    action: Literal["create", "unchanged"]
+    host: str | None = Field(default=None, description="host id (volumes and apps)")
+
+
+class ProvisionAccepted(OperationAccepted):
+    plan: list[ProvisionPlanItem]
 
 
 class Operation(BaseModel):

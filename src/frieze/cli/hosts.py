@@ -48,3 +48,10 @@ def maintenance(name: str, on: Annotated[bool, typer.Option("--on/--off")] = Tru
                 server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
     """Put a host in (or out of) maintenance: no operation is sent to it meanwhile."""
     emit(Client(server, token_file).request("PUT", f"/hosts/{name}/maintenance", {"maintenance": on}), json)
+
+
+@app.command()
+def token(name: str, ttl: Annotated[float, typer.Option(help="seconds the token stays valid")] = 3600.0,
+          server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Issue a new one-time enrollment token for a registered host (e.g. after its first one expired)."""
+    emit(Client(server, token_file).post(f"/hosts/{name}/enrollment-token", {"ttl_s": ttl}), json)

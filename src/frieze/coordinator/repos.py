@@ -19,7 +19,8 @@ from frieze.coordinator.catalog.models import Repository as RepoRow
 from frieze.coordinator.config import CoordinatorConfig
 from frieze.coordinator.resources import Resources
 from frieze.coordinator.secrets_store import SecretStore
-from frieze.core.errors import Conflict, Forbidden, FriezeError, NotFound, StorageError, UsageError
+from frieze.core.errors import AlreadyExists, Conflict, Forbidden, FriezeError, NotFound, StorageError, UsageError
+from frieze.core.ids import new_id
 
 
 def _open_store(url: str, s3: dict[str, str]) -> Any:
@@ -102,20 +103,48 @@ class Repos:
         self._rotate_lock = threading.Lock()
 
     def register(self, resources: Resources, name: str, url: str, password: str, init: bool,
-                 s3: dict[str, str], max_concurrent: int = 2) -> dict[str, Any]:
-        """Open or create the repository first; record it (and seal its secrets) only if that worked."""
+                 s3: dict[str, str], max_concurrent: int = 2, *, repo_id: str | None = None,
+                 resume: bool = False) -> dict[str, Any]:
+        """Open or create the repository first; record it (and seal its secrets) only if that worked.
+
+        ``repo_id``: the catalog id to use (provisioning assigns ids up front). ``resume``: a re-run of an
+        interrupted registration: with ``init``, a repository already at ``url`` is opened with ``password``
+        instead (it is the one the first run created, or one the password opens)."""
         resources.check_repository_name_free(name)
         if not password:
             raise UsageError("a repository password must not be empty")
         check_roots(url, self.config.repository_roots)
-        repo = open_repo(self.store_opener(url, s3), password, init=init, params=self.init_params)
-        view = resources.create_repository(name, url, sorted(s3), max_concurrent=max_concurrent)
+        try:
+            repo = open_repo(self.store_opener(url, s3), password, init=init, params=self.init_params)
+        except AlreadyExists:
+            if not (init and resume):
+                raise
+            repo = open_repo(self.store_opener(url, s3), password)
+        rid = repo_id or new_id("repo")
+        self.secrets.put(f"repo/{rid}/password", password)
+        for k, v in s3.items():
+            self.secrets.put(f"repo/{rid}/{k}", v)
+        try:
+            view = resources.create_repository(name, url, sorted(s3), max_concurrent=max_concurrent, id=rid)
+        except BaseException:
+            self.drop_secrets(rid)
+            repo.close()
+            raise
         with self._lock:
             self._cache[view["id"]] = repo
-        self.secrets.put(f"repo/{view['id']}/password", password)
-        for k, v in s3.items():
-            self.secrets.put(f"repo/{view['id']}/{k}", v)
         return view
+
+    def drop_secrets(self, repo_id: str) -> None:
+        """Delete the sealed secrets of catalog repository ``repo_id`` (its password and S3 keys)."""
+        for k in ("password", "access_key_id", "secret_access_key"):
+            self.secrets.delete(f"repo/{repo_id}/{k}")
+
+    def forget(self, repo_id: str) -> None:
+        """Close and drop the cached handle of ``repo_id`` (its catalog row is being removed)."""
+        with self._lock:
+            repo = self._cache.pop(repo_id, None)
+        if repo is not None:
+            repo.close()
 
     @contextmanager
     def open(self, repo_id: str) -> Iterator[Any]:

@@ -82,6 +82,45 @@ def _limit(v: int, what: str) -> int:
     return v
 
 
+def check_volume(name: str, path: str, provider: str) -> None:
+    _name(name, "volume")
+    _abs(path, "volume path")
+    if provider not in PROVIDERS:
+        raise UsageError(f"unknown snapshot provider {provider!r}; one of {', '.join(PROVIDERS)}", provider=provider)
+
+
+def check_app(name: str, kind: str, data_dir: str) -> None:
+    _name(name, "app")
+    _abs(data_dir, "app data directory")
+    if kind not in APP_KINDS:
+        raise UsageError(f"unknown app kind {kind!r}; one of {', '.join(APP_KINDS)}", kind=kind)
+
+
+def check_inside(data_dir: str, vol_name: str, vol_path: str) -> None:
+    if not (data_dir == vol_path or data_dir.startswith(vol_path.rstrip("/") + "/")):
+        raise UsageError(f"app data directory {data_dir!r} is not inside volume {vol_name!r} ({vol_path})",
+                         data_dir=data_dir, volume=vol_name)
+
+
+def check_policy(name: str, cron: str | None, timezone: str, consistency: str, on_quiesce_failure: str,
+                 lease_s: float, retention: dict[str, Any], max_per_host: int | None,
+                 max_per_repository: int | None) -> None:
+    _name(name, "policy")
+    for v, what in ((max_per_host, "max_per_host"), (max_per_repository, "max_per_repository")):
+        if v is not None:
+            _limit(v, what)
+    if cron is not None:
+        check_cron(cron)
+    check_timezone(timezone)
+    if consistency not in CONSISTENCY:
+        raise UsageError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
+    if on_quiesce_failure not in ON_QUIESCE_FAILURE:
+        raise UsageError(f"on_quiesce_failure must be one of {', '.join(ON_QUIESCE_FAILURE)}")
+    if not 0 < lease_s <= 3600:
+        raise UsageError(f"lease_s must be in (0, 3600], not {lease_s}", lease_s=lease_s)
+    check_retention(retention)
+
+
 # -- views --------------------------------------------------------------------------------------------
 def host_view(h: Host) -> dict[str, Any]:
     return {"id": h.id, "name": h.name, "address": h.address, "state": h.state, "agent_version": h.agent_version,
@@ -142,11 +181,12 @@ class Resources:
 
     # -- hosts ----------------------------------------------------------------------------------------
     def create_host(self, name: str, address: str | None, enrollment_token_hash: str | None,
-                    token_ttl_s: float = 3600.0, max_concurrent: int = 2) -> dict[str, Any]:
+                    token_ttl_s: float = 3600.0, max_concurrent: int = 2, *, id: str | None = None) -> dict[str, Any]:
         _name(name, "host")
         _limit(max_concurrent, "max_concurrent")
         with self.catalog.session() as s:
-            h = Host(id=new_id("host"), name=name, address=address, state="pending", max_concurrent=max_concurrent)
+            h = Host(id=id or new_id("host"), name=name, address=address, state="pending",
+                     max_concurrent=max_concurrent)
             self._add(s, h, "host", name)
             if enrollment_token_hash:
                 s.add(EnrollmentToken(id=new_id("enr"), host_id=h.id, token_hash=enrollment_token_hash,
@@ -180,15 +220,11 @@ class Resources:
             return host_view(h)
 
     # -- volumes --------------------------------------------------------------------------------------
-    def create_volume(self, host: str, name: str, path: str, provider: str) -> dict[str, Any]:
-        _name(name, "volume")
-        _abs(path, "volume path")
-        if provider not in PROVIDERS:
-            raise UsageError(f"unknown snapshot provider {provider!r}; one of {', '.join(PROVIDERS)}",
-                             provider=provider)
+    def create_volume(self, host: str, name: str, path: str, provider: str, *, id: str | None = None) -> dict[str, Any]:
+        check_volume(name, path, provider)
         with self.catalog.session() as s:
             h = resolve(s, Host, host, "host")
-            v = Volume(id=new_id("vol"), host_id=h.id, name=name, path=path, provider=provider)
+            v = Volume(id=id or new_id("vol"), host_id=h.id, name=name, path=path, provider=provider)
             self._add(s, v, "volume", name)
             return volume_view(v)
 
@@ -198,23 +234,18 @@ class Resources:
 
     # -- apps -----------------------------------------------------------------------------------------
     def create_app(self, host: str, name: str, kind: str, data_dir: str, volume: str | None,
-                   options: dict[str, Any], secret_names: list[str]) -> dict[str, Any]:
+                   options: dict[str, Any], secret_names: list[str], *, id: str | None = None) -> dict[str, Any]:
         """Register an app. ``secret_names`` are the keys whose values the caller stores in the vault
         under ``app/<id>/<key>`` (see :meth:`app_secret_name`)."""
-        _name(name, "app")
-        _abs(data_dir, "app data directory")
-        if kind not in APP_KINDS:
-            raise UsageError(f"unknown app kind {kind!r}; one of {', '.join(APP_KINDS)}", kind=kind)
+        check_app(name, kind, data_dir)
         with self.catalog.session() as s:
             h = resolve(s, Host, host, "host")
             vol_id = None
             if volume is not None:
                 vol = resolve(s, Volume, volume, "volume", host_id=h.id)
-                if not (data_dir == vol.path or data_dir.startswith(vol.path.rstrip("/") + "/")):
-                    raise UsageError(f"app data directory {data_dir!r} is not inside volume {vol.name!r} "
-                                     f"({vol.path})", data_dir=data_dir, volume=vol.name)
+                check_inside(data_dir, vol.name, vol.path)
                 vol_id = vol.id
-            aid = new_id("app")
+            aid = id or new_id("app")
             a = App(id=aid, host_id=h.id, volume_id=vol_id, name=name, kind=kind, data_dir=data_dir,
                     options=options, secret_refs={k: self.app_secret_name(aid, k) for k in secret_names})
             self._add(s, a, "app", name)
@@ -233,10 +264,11 @@ class Resources:
             return [app_view(a) for a in s.scalars(select(App).order_by(App.name))]
 
     # -- repositories ---------------------------------------------------------------------------------
-    def create_repository(self, name: str, url: str, secret_keys: list[str], max_concurrent: int = 2) -> dict[str, Any]:
+    def create_repository(self, name: str, url: str, secret_keys: list[str], max_concurrent: int = 2, *,
+                          id: str | None = None) -> dict[str, Any]:
         _name(name, "repository")
         _limit(max_concurrent, "max_concurrent")
-        rid = new_id("repo")
+        rid = id or new_id("repo")
         with self.catalog.session() as s:
             r = Repository(id=rid, name=name, url=url, password_ref=f"repo/{rid}/password",
                            secret_refs={k: f"repo/{rid}/{k}" for k in secret_keys}, max_concurrent=max_concurrent)
@@ -265,7 +297,8 @@ class Resources:
                 raise AlreadyExists(f"repository {name!r} already exists", name=name, kind="repository")
 
     # -- protection sets ------------------------------------------------------------------------------
-    def create_protection_set(self, name: str, apps: list[str], volumes: list[str]) -> dict[str, Any]:
+    def create_protection_set(self, name: str, apps: list[str], volumes: list[str], *,
+                              id: str | None = None) -> dict[str, Any]:
         _name(name, "protection set")
         if not apps and not volumes:
             raise UsageError(f"protection set {name!r} needs at least one app or volume", name=name)
@@ -277,7 +310,7 @@ class Resources:
                     raise UsageError(f"app {a.name!r} has no volume; register one for it first", app=a.name)
                 if a.volume_id not in vol_ids:
                     vol_ids.append(a.volume_id)
-            p = ProtectionSet(id=new_id("pset"), name=name, app_ids=[a.id for a in app_rows], volume_ids=vol_ids)
+            p = ProtectionSet(id=id or new_id("pset"), name=name, app_ids=[a.id for a in app_rows], volume_ids=vol_ids)
             self._add(s, p, "protection set", name)
             return pset_view(p)
 
@@ -289,25 +322,13 @@ class Resources:
     def create_policy(self, name: str, protection_set: str, repository: str, cron: str | None, timezone: str,
                       consistency: str, on_quiesce_failure: str, lease_s: float, retention: dict[str, Any],
                       keep_host_snapshots: int, max_per_host: int | None = None,
-                      max_per_repository: int | None = None) -> dict[str, Any]:
-        _name(name, "policy")
-        for v, what in ((max_per_host, "max_per_host"), (max_per_repository, "max_per_repository")):
-            if v is not None:
-                _limit(v, what)
-        if cron is not None:
-            check_cron(cron)
-        check_timezone(timezone)
-        if consistency not in CONSISTENCY:
-            raise UsageError(f"consistency must be one of {', '.join(CONSISTENCY)}, not {consistency!r}")
-        if on_quiesce_failure not in ON_QUIESCE_FAILURE:
-            raise UsageError(f"on_quiesce_failure must be one of {', '.join(ON_QUIESCE_FAILURE)}")
-        if not 0 < lease_s <= 3600:
-            raise UsageError(f"lease_s must be in (0, 3600], not {lease_s}", lease_s=lease_s)
-        check_retention(retention)
+                      max_per_repository: int | None = None, *, id: str | None = None) -> dict[str, Any]:
+        check_policy(name, cron, timezone, consistency, on_quiesce_failure, lease_s, retention, max_per_host,
+                     max_per_repository)
         with self.catalog.session() as s:
             ps = resolve(s, ProtectionSet, protection_set, "protection set")
             repo = resolve(s, Repository, repository, "repository")
-            p = Policy(id=new_id("pol"), name=name, protection_set_id=ps.id, repository_id=repo.id, cron=cron,
+            p = Policy(id=id or new_id("pol"), name=name, protection_set_id=ps.id, repository_id=repo.id, cron=cron,
                        timezone=timezone, consistency=consistency, on_quiesce_failure=on_quiesce_failure,
                        lease_s=lease_s, retention=retention, keep_host_snapshots=keep_host_snapshots,
                        max_per_host=max_per_host, max_per_repository=max_per_repository)
@@ -321,6 +342,20 @@ class Resources:
     def get_policy(self, ref: str) -> dict[str, Any]:
         with self.catalog.session() as s:
             return policy_view(resolve(s, Policy, ref, "policy"))
+
+    # -- removal (the undo of provisioning) --------------------------------------------------------
+    def delete(self, model: type[Base], row_id: str) -> bool:
+        """Delete the row ``row_id`` of ``model`` if it exists (a host with its enrollment tokens). A row that
+        something still references is refused by the catalog's foreign keys (IntegrityError) and kept."""
+        with self.catalog.session() as s:
+            row = s.get(model, row_id)
+            if row is None:
+                return False
+            if model is Host:
+                for t in s.scalars(select(EnrollmentToken).where(EnrollmentToken.host_id == row_id)):
+                    s.delete(t)
+            s.delete(row)
+            return True
 
     # -- restore points -------------------------------------------------------------------------------
     def list_restore_points(self, protection_set: str | None = None) -> list[dict[str, Any]]:

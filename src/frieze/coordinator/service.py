@@ -33,6 +33,7 @@ from frieze.coordinator.catalog.models import (
 from frieze.coordinator.config import CoordinatorConfig
 from frieze.coordinator.metrics import HOSTS, OPS_FINISHED, OPS_SUBMITTED
 from frieze.coordinator.mover import Mover
+from frieze.coordinator.provision import Provisioner
 from frieze.coordinator.registry import Registry
 from frieze.coordinator.repos import Repos
 from frieze.coordinator.resources import Resources, resolve
@@ -63,6 +64,7 @@ class Coordinator:
         self.resources = Resources(self.catalog)
         self.registry = Registry(self.catalog, config)
         self.repos = Repos(self.catalog, self.secrets, config)
+        self.provisioner = Provisioner(self.resources, self.secrets, self.repos, config)
         self.agents = AgentDirectory(self._protocol_factory())
         self.mover = Mover(config.staging_dir)
         self._lock = threading.Lock()
@@ -259,6 +261,37 @@ class Coordinator:
 
     def create_policy(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.resources.create_policy(*args, **kwargs)
+
+    def new_enrollment_token(self, host: str, ttl_s: float = 3600.0) -> tuple[dict[str, Any], str]:
+        """A new one-time enrollment token for a registered host (e.g. one made by provisioning, or whose
+        first token expired); only its hash is kept."""
+        view = self.resources.get_host(host)
+        token = self.registry.new_enrollment_token(view["id"], ttl_s)
+        log.info("enrollment_token_issued", host=view["name"])
+        return view, token
+
+    # -- declarative provisioning (an operation) ------------------------------------------------------
+    def plan_provision(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """What a provision of ``batch`` would do (create or unchanged, per item); changes nothing."""
+        return [it.public() for it in self.provisioner.plan(batch)]
+
+    def submit_provision(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Validate the whole batch, seal its secrets under pending names, and submit the ``provision``
+        operation (coordinator.provision). A bad batch raises and changes nothing."""
+        from frieze.core.ids import new_id
+
+        engine = self._engine()
+        plan = self.provisioner.plan(batch)
+        pid = new_id("prov")
+        self.provisioner.seal(pid, plan)
+        items = [it.args() for it in plan]
+        try:
+            op_id = engine.submit("provision", {"provision_id": pid, "items": items})
+        except BaseException:
+            self.provisioner.drop_pending(items)
+            raise
+        OPS_SUBMITTED.labels("provision").inc()
+        return {**self._accepted(op_id), "plan": [it.public() for it in plan]}
 
     def next_epoch(self) -> int:
         """A new freeze epoch, strictly greater than every earlier one (one catalog transaction)."""

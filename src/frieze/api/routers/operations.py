@@ -1,4 +1,4 @@
-"""Operations: backup, restore, recover (each answered at once with 202 and an operation id), then
+"""Operations: provision, backup, restore, recover (each answered at once with 202 and an operation id), then
 status, list, cancel, logs and diagnostics."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from frieze.api import schemas as S
-from frieze.api.deps import Coord, Operator, ReadOnly
+from frieze.api.deps import Admin, Coord, Operator, ReadOnly
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
@@ -17,6 +17,14 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"])
 @router.post("/backup", status_code=202, response_model=S.OperationAccepted, dependencies=[Operator])
 def backup(body: S.BackupRequest, coord: Coord) -> dict[str, Any]:
     return coord.submit_backup(body.protection_set, body.policy, body.repository, body.consistency)
+
+
+@router.post("/provision", status_code=202, response_model=S.ProvisionAccepted, dependencies=[Admin],
+             summary="Provision a batch of hosts, volumes, repositories, apps, protection sets and policies")
+def provision(body: S.ProvisionRequest, coord: Coord) -> dict[str, Any]:
+    from frieze.api.routers.resources import provision_batch
+
+    return coord.submit_provision(provision_batch(body))
 
 
 @router.post("/restore", status_code=202, response_model=S.OperationAccepted, dependencies=[Operator])

@@ -22,6 +22,13 @@ def create_host(body: S.HostCreate, coord: Coord) -> dict[str, Any]:
     return {"host": host, "enrollment_token": token}
 
 
+@router.post("/hosts/{host}/enrollment-token", status_code=201, response_model=S.HostCreated, dependencies=[Admin],
+             tags=["hosts"], summary="Issue a new one-time enrollment token for a registered host")
+def new_enrollment_token(host: str, body: S.EnrollmentTokenCreate, coord: Coord) -> dict[str, Any]:
+    view, token = coord.new_enrollment_token(host, body.ttl_s)
+    return {"host": view, "enrollment_token": token}
+
+
 @router.get("/hosts", response_model=list[S.Host], dependencies=[ReadOnly], tags=["hosts"])
 def list_hosts(coord: Coord) -> list[dict[str, Any]]:
     return coord.resources.list_hosts()
@@ -135,6 +142,28 @@ def list_policies(coord: Coord) -> list[dict[str, Any]]:
 @router.get("/policies/{policy}", response_model=S.Policy, dependencies=[ReadOnly], tags=["policies"])
 def get_policy(policy: str, coord: Coord) -> dict[str, Any]:
     return coord.resources.get_policy(policy)
+
+
+def provision_batch(body: S.ProvisionRequest) -> dict[str, list[dict[str, Any]]]:
+    """The request as the coordinator's provisioner takes it: plain dicts, secret values revealed."""
+    batch: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("hosts", "volumes", "protection_sets", "policies"):
+        batch[kind] = [m.model_dump() for m in getattr(body, kind)]
+    batch["apps"] = [{**a.model_dump(exclude={"secrets"}),
+                      "secrets": {k: v.get_secret_value() for k, v in a.secrets.items()}} for a in body.apps]
+    batch["repositories"] = [
+        {**r.model_dump(exclude={"password", "s3_access_key_id", "s3_secret_access_key"}),
+         "password": r.password.get_secret_value(),
+         **({"access_key_id": r.s3_access_key_id.get_secret_value()} if r.s3_access_key_id else {}),
+         **({"secret_access_key": r.s3_secret_access_key.get_secret_value()} if r.s3_secret_access_key else {})}
+        for r in body.repositories]
+    return batch
+
+
+@router.post("/provision/plan", response_model=list[S.ProvisionPlanItem], dependencies=[Admin], tags=["provision"],
+             summary="What a provision of this batch would create or leave unchanged (changes nothing)")
+def plan_provision(body: S.ProvisionRequest, coord: Coord) -> list[dict[str, Any]]:
+    return coord.plan_provision(provision_batch(body))
 
 
 @router.get("/restore-points", response_model=list[S.RestorePoint], dependencies=[ReadOnly],
