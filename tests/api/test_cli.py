@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
-from frieze.api.app import create_app
 from frieze.cli import hosts, ops, policies, tokens
+from tests.api.support import serve_in_thread
 from tests.coordinator.support import coordinator
 from tests.support.ports import free_port
 
@@ -26,28 +24,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    from frieze.coordinator import logs
-
-    logs.configure("warning")  # the in-process server logs to stderr, not into the CLI's captured stdout
-    with coordinator(tmp_path) as c:
-        port = free_port()
-        srv = uvicorn.Server(uvicorn.Config(create_app(c), host="127.0.0.1", port=port, log_level="warning",
-                                            http="h11"))
-        t = threading.Thread(target=srv.run, daemon=True)
-        t.start()
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url + "/v1/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        try:
-            yield url, tmp_path / "state" / "admin.token"
-        finally:
-            srv.should_exit = True
-            t.join(timeout=10)
+    with coordinator(tmp_path) as c, serve_in_thread(c) as url:
+        yield url, tmp_path / "state" / "admin.token"
 
 
 def test_resource_commands_json(server: tuple[str, Path]) -> None:

@@ -15,22 +15,18 @@ import pty
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
-from frieze.api.app import create_app
 from frieze.coordinator.service import Coordinator
+from tests.api.support import serve_in_thread
 from tests.coordinator.local_port import LocalPort
 from tests.coordinator.support import CounterApp, coordinator
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,31 +61,10 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
-    from frieze.coordinator import logs
-
-    logs.configure("warning")
     (tmp_path / "cwd").mkdir()
     port = LocalPort("h1", tmp_path / "snaps")
-    with coordinator(tmp_path, port, repository_roots=[tmp_path]) as c:
-        http_port = free_port()
-        srv = uvicorn.Server(uvicorn.Config(create_app(c), host="127.0.0.1", port=http_port, log_level="warning",
-                                            http="h11"))
-        t = threading.Thread(target=srv.run, daemon=True)
-        t.start()
-        url = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(url + "/v1/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-        try:
-            yield Live(url, tmp_path / "state" / "admin.token", c, port, tmp_path, [])
-        finally:
-            srv.should_exit = True
-            t.join(timeout=10)
+    with coordinator(tmp_path, port, repository_roots=[tmp_path]) as c, serve_in_thread(c) as url:
+        yield Live(url, tmp_path / "state" / "admin.token", c, port, tmp_path, [])
     assert list((tmp_path / "cwd").iterdir()) == [], "the CLI wrote into its working directory"
 
 

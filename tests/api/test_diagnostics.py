@@ -8,16 +8,12 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, SecretStr
 from typer.testing import CliRunner
@@ -26,9 +22,9 @@ from frieze.api.app import create_app
 from frieze.cli import ops
 from frieze.coordinator.service import Coordinator
 from frieze.engine import Checkpoint, Engine, TaskContext, Workflow, task
+from tests.api.support import serve_in_thread
 from tests.coordinator.local_port import LocalPort
 from tests.coordinator.support import coordinator
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,28 +91,8 @@ def coord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Coo
 @contextmanager
 def serve(c: Coordinator) -> Iterator[str]:
     """The coordinator's API on a free loopback port (uvicorn in a thread)."""
-    from frieze.coordinator import logs
-
-    logs.configure("warning")
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(c), host="127.0.0.1", port=port, log_level="warning",
-                                        http="h11"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(url + "/v1/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.1)
-    try:
+    with serve_in_thread(c) as url:
         yield url
-    finally:
-        srv.should_exit = True
-        t.join(timeout=10)
 
 
 def members(bundle: bytes) -> dict[str, str]:

@@ -148,7 +148,8 @@ class _Planner:
             self._dup("hosts", name, seen)
             mc = _limit(h.get("max_concurrent", 2), "max_concurrent")
             row = self.s.scalar(select(Host).where(Host.name == name))
-            diffs = [] if row is None else [k for k, a, b in (("address", row.address, h.get("address")),
+            # an address left out is not compared: enrollment records the one the agent reports
+            diffs = [] if row is None else [k for k, a, b in (("address", row.address, h.get("address") or row.address),
                                                               ("max_concurrent", row.max_concurrent, mc)) if a != b]
             self.hosts[name] = self._add("hosts", name, row, diffs,
                                          {"name": name, "address": h.get("address"), "max_concurrent": mc})
