@@ -149,3 +149,22 @@ def test_frieze_provision_apply_and_plan(tmp_path: Path, monkeypatch: pytest.Mon
             assert p.returncode == UsageError.exit_code, (args, p.returncode, p.stderr)
             assert needle in p.stderr + p.stdout, (args, p.stderr)
         assert len(c.resources.list_hosts()) == 1 and len(c.engine.list()) == 2
+
+
+def test_the_documented_example_file_plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/examples/fleet.json (linked from the README) is a valid batch: the CLI's loader resolves its
+    secrets and the coordinator plans every item as a creation."""
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "fleet.json"
+    raw = json.loads(example.read_text())
+    pw_file = tmp_path / "orders.pw"
+    pw_file.write_text("s3cret\n")
+    raw["apps"][0]["secrets"]["password"] = {"file": str(pw_file)}  # the documented path is the host's own
+    f = tmp_path / "fleet.json"
+    f.write_text(json.dumps(raw))
+    monkeypatch.setenv("FRIEZE_VAULT_PASSWORD", "vault-pw")
+    body = provision.load(f)
+    with api(tmp_path) as (_c, client, h):
+        r = client.post("/v1/provision/plan", json=body, headers=h)
+        assert r.status_code == 200, r.text
+        assert [(p["kind"], p["action"]) for p in r.json()] == [
+            (k, "create") for k in ("hosts", "volumes", "repositories", "apps", "protection_sets", "policies")]
