@@ -34,7 +34,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("restore-point", "frieze.cli.restore_points", "Restore points."),
     ("token", "frieze.cli.tokens", "API tokens and the vault key."),
     ("provision", "frieze.cli.provision", "Declarative provisioning: apply a JSON file of hosts, volumes, "
-                                          "repositories, apps, sets and policies as one operation."),
+                                          "repositories, apps, protection sets and policies as one operation."),
     ("op", "frieze.cli.ops", "Operations: backup, restore, recover, status, list, cancel, logs, diagnostics."),
     ("bench", "frieze.cli.bench", "Benchmarks: figures and ratios against restic and borg, side by side."),
 ]
