@@ -69,6 +69,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from frieze.core.memtune import tune_malloc
+
+        tune_malloc()  # a repository command runs the data path (frieze.core.memtune)
         as_json = bool(kwargs.get("as_json", False))
         try:
             return fn(*args, **kwargs)
