@@ -7,13 +7,14 @@ restore took about 220 000-310 000 minor faults and most of its system time on t
 memory (mmap threshold 32 MiB, no trim below 1 GiB, 64 MiB top pad) brings that to about 50 000 and cut the
 restore's system time by a sixth to two fifths in side-by-side runs (docs/design/repository-files-and-trees.md).
 The price is a process that keeps what it once needed (bounded by the pipeline's own buffer limits) until it
-exits; call it only in processes that run the data path.
+exits; call it only in processes that run the data path. ``FRIEZE_MALLOC_TUNE=0`` turns it off (for A/B runs).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -33,7 +34,7 @@ def tune_malloc() -> bool:
     if _done is not None:
         return _done
     _done = False
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("FRIEZE_MALLOC_TUNE", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
