@@ -121,6 +121,15 @@ class RestoreRequest(Strict):
     overwrite: bool = Field(default=False, description="allow writing into an existing, non-empty target")
 
 
+class AccessRequest(Strict):
+    restore_point: str = Field(min_length=1, max_length=200)
+    volume: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="which volume of the restore point (default: the only one)")
+    paths: list[str] = Field(default_factory=list, max_length=1000,
+                             description="paths relative to the volume (default: all of it)")
+    ttl_s: float = Field(default=86400.0, ge=60, le=30 * 86400, description="seconds the archive is kept")
+
+
 class RecoverTarget(Strict):
     time: str | None = Field(default=None, max_length=64)
     position: str | None = Field(default=None, max_length=200)

@@ -82,6 +82,33 @@ class Client:
         ctype = r.headers.get("content-type", "")
         return r.json() if "json" in ctype else r.content
 
+    def download(self, path: str, dest: Path) -> int:
+        """Stream ``GET /v1<path>`` into ``dest`` (written as ``dest.part``, renamed when complete); bytes."""
+        part = dest.with_name(dest.name + ".part")
+        n = 0
+        try:
+            with self.http.stream("GET", "/v1" + path, timeout=None) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    try:
+                        payload = r.json()
+                    except ValueError:
+                        payload = None
+                    raise error_from(r.status_code, payload)
+                with part.open("wb") as f:
+                    for chunk in r.iter_bytes(1 << 20):
+                        f.write(chunk)
+                        n += len(chunk)
+        except httpx.HTTPError as e:
+            part.unlink(missing_ok=True)
+            raise TransientStorageError(f"the coordinator at {self.server} is unreachable ({type(e).__name__})",
+                                        server=self.server) from e
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        part.replace(dest)
+        return n
+
     def get(self, route: str, /, **params: Any) -> Any:
         return self.request("GET", route, params={k: v for k, v in params.items() if v is not None})
 

@@ -35,7 +35,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("token", "frieze.cli.tokens", "API tokens and the vault key."),
     ("provision", "frieze.cli.provision", "Declarative provisioning: apply a JSON file of hosts, volumes, "
                                           "repositories, apps, protection sets and policies as one operation."),
-    ("op", "frieze.cli.ops", "Operations: backup, restore, recover, status, list, cancel, logs, diagnostics."),
+    ("op", "frieze.cli.ops", "Operations: backup, restore, recover, access, status, list, cancel, logs, diagnostics."),
     ("bench", "frieze.cli.bench", "Benchmarks: figures and ratios against restic and borg, side by side."),
 ]
 

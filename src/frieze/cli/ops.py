@@ -1,4 +1,4 @@
-"""``frieze op ...``: backup, restore, recover, and the operations' status, list, wait, cancel, logs and
+"""``frieze op ...``: backup, restore, recover, access, and the operations' status, list, wait, cancel, logs and
 diagnostics. Every request returns an operation id at once; ``--wait`` (default for backup/restore/recover)
 polls it with a progress bar. Exit codes come from the error tree; ``--json`` everywhere."""
 
@@ -12,7 +12,7 @@ import typer
 from frieze.cli.client import Client, emit, err
 from frieze.core.errors import Cancelled, FriezeError
 
-app = typer.Typer(help="Operations: backup, restore, recover, status, list, cancel, logs, diagnostics.",
+app = typer.Typer(help="Operations: backup, restore, recover, access, status, list, cancel, logs, diagnostics.",
                   no_args_is_help=True)
 
 Server = Annotated[str | None, typer.Option("--server", help="coordinator URL (or FRIEZE_SERVER)")]
@@ -79,6 +79,42 @@ def restore(restore_point: Annotated[str, typer.Argument(help="restore point id"
                                          "target_host": target_host, "target_path": target_path,
                                          "paths": path or [], "overwrite": overwrite})
     _finish(c, acc, wait, json)
+
+
+@app.command()
+def access(restore_point: Annotated[str, typer.Argument(help="restore point id")],
+           output: Annotated[Path, typer.Option("-o", "--output", help="tar file to write (must not exist)")],
+           volume: Annotated[str | None, typer.Option(help="which volume of the restore point")] = None,
+           path: Annotated[list[str] | None, typer.Option("--path", help="only this path (repeat)")] = None,
+           ttl: Annotated[float, typer.Option(help="seconds the coordinator keeps the archive")] = 86400.0,
+           server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
+    """Read a restore point through the coordinator: its paths packed into a tar archive, downloaded to -o.
+    No host is involved; every byte was authenticated by the repository."""
+    import hashlib
+
+    from frieze.core.errors import AlreadyExists, IntegrityError
+
+    if output.exists():
+        raise AlreadyExists(f"{output} exists; choose another file", path=str(output))
+    c = Client(server, token_file)
+    acc = c.post("/operations/access", {"restore_point": restore_point, "volume": volume, "paths": path or [],
+                                        "ttl_s": ttl})
+    st = c.wait(acc["operation_id"], quiet=json)
+    if st["state"] != "complete":
+        _final(st, json)
+        return
+    res = st["result"]
+    n = c.download(str(res["archive"]).removeprefix("/v1"), output)
+    h = hashlib.sha256()
+    with output.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    if h.hexdigest() != res["sha256"]:
+        output.unlink()
+        raise IntegrityError(f"the downloaded archive does not match its SHA-256 ({res['sha256'][:16]}…); removed",
+                             operation=st["id"])
+    emit({"operation": st["id"], "file": str(output), "bytes": n, "files": res["files"], "sha256": res["sha256"],
+          "expires_at": res["expires_at"]}, json)
 
 
 @app.command()

@@ -487,6 +487,43 @@ class Coordinator:
         return self._accepted(op_id)
 
     # -- access: read a restore point's data through the coordinator ------------------------------------
+    def submit_access(self, restore_point: str, volume: str | None, paths: list[str], ttl_s: float) -> dict[str, Any]:
+        """The ``access`` operation: the chosen paths of a restore point's volume packed into a tar archive the
+        caller downloads from the coordinator (workflows/access.py). Paths are checked before it is submitted."""
+        from frieze.coordinator.workflows.access import sweep
+        from frieze.repo.browse import resolve as resolve_path
+
+        sweep(self.config.staging_dir)
+        for p in paths:
+            if p.startswith("/") or ".." in p.split("/") or "\x00" in p or not p.strip("/"):
+                raise UsageError(f"access path {p!r} must be relative to the volume, without '..'", path=p)
+        if not 60 <= ttl_s <= 30 * 86400:
+            raise UsageError(f"ttl_s must be from 60 s to 30 days, not {ttl_s:g}", ttl_s=ttl_s)
+        repo_id, snap = self._rp_volume(restore_point, volume)
+        with self.catalog.session() as s:
+            rp = s.get(RestorePoint, restore_point)
+            assert rp is not None
+            vol_id = next(str(v["volume_id"]) for v in rp.volumes if str(v["snapshot_id"]) == snap)
+        with self.repos.open(repo_id) as repo:
+            tree = repo.load_snapshot(snap).tree
+            for p in paths:
+                resolve_path(repo, tree, p)  # NotFound naming the path
+        op_id = self._engine().submit("access", {"restore_point_id": restore_point, "volume_id": vol_id,
+                                                 "paths": list(paths), "ttl_s": ttl_s})
+        OPS_SUBMITTED.labels("access").inc()
+        return self._accepted(op_id)
+
+    def access_archive(self, op_id: str) -> Any:
+        """The path of the finished archive of access operation ``op_id``; NotFound when it does not exist,
+        is not finished or has expired."""
+        from frieze.coordinator.workflows.access import access_dir, sweep
+
+        sweep(self.config.staging_dir)
+        path = access_dir(self.config.staging_dir, op_id) / "archive.tar"
+        if not (path.parent / "meta.json").exists() or not path.is_file():
+            raise NotFound(f"no archive for access {op_id!r} (unknown, not finished, or expired)", access=op_id)
+        return path
+
     def _rp_volume(self, rp_id: str, volume: str | None) -> tuple[str, str]:
         """(repository id, repository snapshot id) of one volume of a restore point."""
         with self.catalog.session() as s:

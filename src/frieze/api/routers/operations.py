@@ -1,4 +1,4 @@
-"""Operations: provision, backup, restore, recover (each answered at once with 202 and an operation id), then
+"""Operations: provision, access, backup, restore, recover (each answered at once with 202 and an operation id), then
 status, list, cancel, logs and diagnostics."""
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ def provision(body: S.ProvisionRequest, coord: Coord) -> dict[str, Any]:
     from frieze.api.routers.resources import provision_batch
 
     return coord.submit_provision(provision_batch(body))
+
+
+@router.post("/access", status_code=202, response_model=S.OperationAccepted, dependencies=[Operator],
+             summary="Pack chosen paths of a restore point into a tar archive to download from the coordinator")
+def access(body: S.AccessRequest, coord: Coord) -> dict[str, Any]:
+    return coord.submit_access(body.restore_point, body.volume, body.paths, body.ttl_s)
 
 
 @router.post("/restore", status_code=202, response_model=S.OperationAccepted, dependencies=[Operator])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from frieze.api import schemas as S
 from frieze.api.deps import Admin, Coord, Operator, ReadOnly
@@ -194,3 +194,11 @@ def read_content(rp: str, coord: Coord, path: str = RelPath,
     size, chunks = coord.read_file(rp, volume, path)
     return StreamingResponse(chunks, media_type="application/octet-stream",
                              headers={"Content-Length": str(size)})
+
+
+@router.get("/access/{op_id}/archive", dependencies=[Operator], tags=["restore points"],
+            summary="Download the tar archive an access operation made (until it expires)",
+            responses={200: {"content": {"application/x-tar": {}}, "description": "the archive"}})
+def access_archive(op_id: str, coord: Coord) -> FileResponse:
+    path = coord.access_archive(op_id)
+    return FileResponse(path, media_type="application/x-tar", filename=f"{op_id}.tar")
