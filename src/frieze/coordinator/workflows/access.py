@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -57,7 +58,7 @@ def access_root(staging: Path) -> Path:
 
 
 def access_dir(staging: Path, op_id: str) -> Path:
-    if not op_id or "/" in op_id or op_id.startswith("."):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", op_id):  # an operation id, never a path
         raise NotFound(f"access {op_id!r} does not exist", access=op_id)
     return access_root(staging) / op_id
 
