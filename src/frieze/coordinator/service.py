@@ -495,6 +495,10 @@ class Coordinator:
 
         sweep(self.config.staging_dir)
         for p in paths:
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"access path {p!r} is not valid text", path=repr(p)) from None
             if p.startswith("/") or ".." in p.split("/") or "\x00" in p or not p.strip("/"):
                 raise UsageError(f"access path {p!r} must be relative to the volume, without '..'", path=p)
         if not 60 <= ttl_s <= 30 * 86400:
