@@ -221,3 +221,25 @@ def test_rows_never_doubled_when_a_step_runs_again(tmp_path: Path) -> None:
             c.resources.create_host("h1", None, None)
         assert c.provisioner.drop_pending(items) == 2
         assert not [n for (n,) in _catalog(c)["secrets"] if n.startswith("pending/")]
+
+
+def test_pending_secrets_of_a_provision_canceled_while_queued_are_swept(tmp_path: Path) -> None:
+    (tmp_path / "vol").mkdir()
+    with coordinator(tmp_path) as c:
+        c.engine.shutdown()  # nothing runs: the operation stays queued
+        c.engine = None
+        from frieze.coordinator.engine_setup import make_engine
+
+        eng = make_engine(c.config)  # an engine that records but does not run (not started)
+        eng.store.create()
+        c.engine = eng
+        acc = c.submit_provision(_batch(tmp_path))
+        pending = [n for (n,) in _catalog(c)["secrets"] if n.startswith("pending/")]
+        assert len(pending) == 2
+        eng.cancel(acc["operation_id"])
+        assert eng.status(acc["operation_id"]).state.value == "canceled"
+        assert c.provisioner.sweep_pending(set()) == 0  # too recent: could be a batch being submitted
+        assert c.provisioner.sweep_pending({pending[0].split("/")[1]}, older_than_s=0) == 0  # active: kept
+        assert c.provisioner.sweep_pending(set(), older_than_s=0) == 2
+        assert not [n for (n,) in _catalog(c)["secrets"] if n.startswith("pending/")]
+        c.engine = None

@@ -326,6 +326,23 @@ class Provisioner:
                 it.secrets[k] = name
             it.values = {}
 
+    def sweep_pending(self, active: set[str], older_than_s: float = 600.0) -> int:
+        """Delete the pending secrets of every provision not in ``active`` (ids of provisions whose operation is
+        not final) and sealed more than ``older_than_s`` ago (so a batch being submitted right now keeps its
+        own): those a provision canceled while queued left behind. Returns how many were deleted."""
+        from datetime import timedelta
+
+        from frieze.coordinator.catalog.models import SecretRecord
+        from frieze.core.clock import now
+
+        cutoff = now() - timedelta(seconds=older_than_s)
+        with self.resources.catalog.session() as s:
+            names = [r.name for r in s.scalars(select(SecretRecord).where(SecretRecord.name.like("pending/%")))
+                     if r.name.split("/")[1] not in active and r.updated_at.replace(tzinfo=cutoff.tzinfo) < cutoff]
+        for n in names:
+            self.secrets.delete(n)
+        return len(names)
+
     def drop_pending(self, items: list[dict[str, Any]]) -> int:
         n = 0
         for it in items:

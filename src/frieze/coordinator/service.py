@@ -281,6 +281,10 @@ class Coordinator:
         from frieze.core.ids import new_id
 
         engine = self._engine()
+        active = {str(st.args.get("provision_id")) for st in engine.list(type="provision", limit=1000)
+                  if not st.state.final}
+        if n := self.provisioner.sweep_pending(active):
+            log.info("pending_provision_secrets_swept", count=n)
         plan = self.provisioner.plan(batch)
         pid = new_id("prov")
         self.provisioner.seal(pid, plan)
