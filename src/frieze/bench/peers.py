@@ -23,14 +23,45 @@ class Timing:
     max_rss_mb: float
 
 
+def _disk_counters() -> tuple[int, ...]:
+    """Sectors read, sectors written, discards and I/Os in flight of every non-loop, non-zram block device."""
+    out: list[int] = []
+    for d in sorted(Path("/sys/block").iterdir()):
+        if d.name.startswith(("loop", "zram", "ram")):
+            continue
+        try:
+            f = (d / "stat").read_text().split()
+        except OSError:
+            continue
+        out += [int(f[2]), int(f[6]), int(f[8])] + ([int(f[13])] if len(f) > 13 else [])
+    return tuple(out)
+
+
+def settle(quiet_s: float = 1.0, max_s: float = 20.0) -> float:
+    """Wait until the disks have done no I/O for ``quiet_s`` (at most ``max_s``); returns the seconds waited.
+    Before each timed run, so no tool pays for write-back or discards the previous step left behind."""
+    t0 = time.monotonic()
+    last, since = _disk_counters(), time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        time.sleep(0.2)
+        cur = _disk_counters()
+        if cur != last:
+            last, since = cur, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return time.monotonic() - t0
+
+
 def drop_caches() -> bool:
-    """Write back and drop the page cache (needs root); False if not permitted."""
+    """Write back and drop the page cache (needs root), then wait for idle disks; False if not permitted."""
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
+        ok = True
     except OSError:
-        return False
+        ok = False
+    settle()
+    return ok
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Timing:
