@@ -72,32 +72,28 @@ class Client:
             raise TransientStorageError(f"the coordinator at {self.server} is unreachable ({type(e).__name__})",
                                         server=self.server) from e
         if r.status_code >= 400:
-            try:
-                payload = r.json()
-            except ValueError:
-                payload = None
-            raise error_from(r.status_code, payload)
+            raise _error(r)
         if r.status_code == 204:
             return None
         ctype = r.headers.get("content-type", "")
         return r.json() if "json" in ctype else r.content
 
-    def download(self, path: str, dest: Path) -> int:
-        """Stream ``GET /v1<path>`` into ``dest`` (written as ``dest.part``, renamed when complete); bytes."""
+    def download(self, path: str, dest: Path) -> tuple[int, str]:
+        """Stream ``GET /v1<path>`` into ``dest`` (written as ``dest.part``, renamed when complete); returns
+        (bytes, SHA-256 hex of them, computed as they arrive)."""
+        import hashlib
+
         part = dest.with_name(dest.name + ".part")
-        n = 0
+        n, h = 0, hashlib.sha256()
         try:
             with self.http.stream("GET", "/v1" + path, timeout=None) as r:
                 if r.status_code >= 400:
                     r.read()
-                    try:
-                        payload = r.json()
-                    except ValueError:
-                        payload = None
-                    raise error_from(r.status_code, payload)
+                    raise _error(r)
                 with part.open("wb") as f:
                     for chunk in r.iter_bytes(1 << 20):
                         f.write(chunk)
+                        h.update(chunk)
                         n += len(chunk)
         except httpx.HTTPError as e:
             part.unlink(missing_ok=True)
@@ -107,7 +103,7 @@ class Client:
             part.unlink(missing_ok=True)
             raise
         part.replace(dest)
-        return n
+        return n, h.hexdigest()
 
     def get(self, route: str, /, **params: Any) -> Any:
         return self.request("GET", route, params={k: v for k, v in params.items() if v is not None})
@@ -134,6 +130,15 @@ class Client:
                 time.sleep(poll)
                 st = self.get(f"/operations/{op_id}")
         return st
+
+
+def _error(r: httpx.Response) -> FriezeError:
+    """The error-tree exception an error response carries (its JSON body, when it has one)."""
+    try:
+        payload = r.json()
+    except ValueError:
+        payload = None
+    return error_from(r.status_code, payload)
 
 
 def emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str | None = None) -> None:

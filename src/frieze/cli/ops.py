@@ -90,8 +90,6 @@ def access(restore_point: Annotated[str, typer.Argument(help="restore point id")
            server: Server = None, token_file: TokenFile = None, json: Json = False) -> None:
     """Read a restore point through the coordinator: its paths packed into a tar archive, downloaded to -o.
     No host is involved; every byte was authenticated by the repository."""
-    import hashlib
-
     from frieze.core.errors import AlreadyExists, IntegrityError
 
     if output.exists():
@@ -104,12 +102,8 @@ def access(restore_point: Annotated[str, typer.Argument(help="restore point id")
         _final(st, json)
         return
     res = st["result"]
-    n = c.download(str(res["archive"]).removeprefix("/v1"), output)
-    h = hashlib.sha256()
-    with output.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    if h.hexdigest() != res["sha256"]:
+    n, digest = c.download(str(res["archive"]).removeprefix("/v1"), output)
+    if digest != res["sha256"]:
         output.unlink()
         raise IntegrityError(f"the downloaded archive does not match its SHA-256 ({res['sha256'][:16]}…); removed",
                              operation=st["id"])

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from frieze.coordinator.catalog.models import App, Base, Host, Policy, ProtectionSet, Repository, Volume
 from frieze.coordinator.config import CoordinatorConfig
-from frieze.coordinator.repos import Repos, check_roots
+from frieze.coordinator.repos import S3_KEYS, Repos, check_roots
 from frieze.coordinator.resources import (
     Resources,
     _limit,
@@ -63,7 +63,6 @@ SINGULAR = {"hosts": "host", "volumes": "volume", "repositories": "repository", 
 PREFIX = {"hosts": "host", "volumes": "vol", "repositories": "repo", "apps": "app", "protection_sets": "pset",
           "policies": "pol"}
 MAX_ITEMS = 500
-S3_KEYS = ("access_key_id", "secret_access_key")
 
 
 @dataclass

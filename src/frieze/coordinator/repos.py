@@ -22,6 +22,9 @@ from frieze.coordinator.secrets_store import SecretStore
 from frieze.core.errors import AlreadyExists, Conflict, Forbidden, FriezeError, NotFound, StorageError, UsageError
 from frieze.core.ids import new_id
 
+#: the S3 credentials a repository may have sealed beside its password (``repo/<id>/<key>``)
+S3_KEYS = ("access_key_id", "secret_access_key")
+
 
 def _open_store(url: str, s3: dict[str, str]) -> Any:
     """The blob store for ``url``: ``file:///path`` (or a plain absolute path) or
@@ -136,7 +139,7 @@ class Repos:
 
     def drop_secrets(self, repo_id: str) -> None:
         """Delete the sealed secrets of catalog repository ``repo_id`` (its password and S3 keys)."""
-        for k in ("password", "access_key_id", "secret_access_key"):
+        for k in ("password", *S3_KEYS):
             self.secrets.delete(f"repo/{repo_id}/{k}")
 
     def forget(self, repo_id: str) -> None:

@@ -9,6 +9,7 @@ change nothing on error.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -42,6 +43,17 @@ from frieze.coordinator.vault import Vault
 from frieze.core.errors import AlreadyExists, Conflict, Forbidden, FriezeError, NotFound, UsageError
 
 log = structlog.get_logger("frieze.coordinator")
+
+
+def check_volume_paths(paths: list[str], what: str) -> None:
+    """Each of ``paths`` must be valid text, relative to a volume, without ``..`` or NUL (UsageError)."""
+    for p in paths:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{what} path {p!r} is not valid text", path=repr(p)) from None
+        if p.startswith("/") or ".." in p.split("/") or "\x00" in p:
+            raise UsageError(f"{what} path {p!r} must be relative to the volume, without '..'", path=p)
 
 
 def app_ref_with(ref: Any, secrets: dict[str, str]) -> Any:
@@ -413,9 +425,7 @@ class Coordinator:
             host = resolve(s, Host, target_host, "host") if target_host else s.get(Host, entry["host_id"])
             assert host is not None
             path = target_path or entry["path"]
-            for p in paths:
-                if p.startswith("/") or ".." in p.split("/") or "\x00" in p:
-                    raise UsageError(f"restore path {p!r} must be relative to the volume, without '..'", path=p)
+            check_volume_paths(paths, "restore")
             args = {"restore_point_id": rp.id, "volume_id": entry["volume_id"], "target_host_id": host.id,
                     "target_path": path, "paths": paths, "overwrite": overwrite}
             s.expunge(host)
@@ -498,20 +508,13 @@ class Coordinator:
         from frieze.repo.browse import resolve as resolve_path
 
         sweep(self.config.staging_dir)
+        check_volume_paths(paths, "access")
         for p in paths:
-            try:
-                p.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UsageError(f"access path {p!r} is not valid text", path=repr(p)) from None
-            if p.startswith("/") or ".." in p.split("/") or "\x00" in p or not p.strip("/"):
-                raise UsageError(f"access path {p!r} must be relative to the volume, without '..'", path=p)
+            if not p.strip("/"):
+                raise UsageError(f"access path {p!r} names no file; leave the paths out for the whole volume", path=p)
         if not 60 <= ttl_s <= 30 * 86400:
             raise UsageError(f"ttl_s must be from 60 s to 30 days, not {ttl_s:g}", ttl_s=ttl_s)
-        repo_id, snap = self._rp_volume(restore_point, volume)
-        with self.catalog.session() as s:
-            rp = s.get(RestorePoint, restore_point)
-            assert rp is not None
-            vol_id = next(str(v["volume_id"]) for v in rp.volumes if str(v["snapshot_id"]) == snap)
+        repo_id, snap, vol_id = self.restore_point_volume(restore_point, volume)
         with self.repos.open(repo_id) as repo:
             tree = repo.load_snapshot(snap).tree
             for p in paths:
@@ -521,7 +524,7 @@ class Coordinator:
         OPS_SUBMITTED.labels("access").inc()
         return self._accepted(op_id)
 
-    def access_archive(self, op_id: str) -> Any:
+    def access_archive(self, op_id: str) -> Path:
         """The path of the finished archive of access operation ``op_id``; NotFound when it does not exist,
         is not finished or has expired."""
         from frieze.coordinator.workflows.access import access_dir, sweep
@@ -532,26 +535,28 @@ class Coordinator:
             raise NotFound(f"no archive for access {op_id!r} (unknown, not finished, or expired)", access=op_id)
         return path
 
-    def _rp_volume(self, rp_id: str, volume: str | None) -> tuple[str, str]:
-        """(repository id, repository snapshot id) of one volume of a restore point."""
+    def restore_point_volume(self, rp_id: str, volume: str | None) -> tuple[str, str, str]:
+        """(repository id, repository snapshot id, volume id) of one volume (id or name; None: the only one)
+        of a restore point; NotFound naming what is missing."""
         with self.catalog.session() as s:
             rp = s.get(RestorePoint, rp_id)
             if rp is None or rp.forgotten:
                 raise NotFound(f"restore point {rp_id!r} does not exist", restore_point=rp_id)
             vols = list(rp.volumes)
             if volume is None and len(vols) == 1:
-                return rp.repository_id, str(vols[0]["snapshot_id"])
-            entry = next((v for v in vols if volume in (v["volume_id"], v.get("volume"))), None)
+                entry = vols[0]
+            else:
+                entry = next((v for v in vols if volume in (v["volume_id"], v.get("volume"))), None)
             if entry is None:
                 raise NotFound(f"volume {volume!r} is not in restore point {rp_id}; one of "
                                f"{', '.join(str(v.get('volume')) for v in vols)}", volume=volume)
-            return rp.repository_id, str(entry["snapshot_id"])
+            return rp.repository_id, str(entry["snapshot_id"]), str(entry["volume_id"])
 
     def list_files(self, rp_id: str, volume: str | None, path: str, recursive: bool) -> list[dict[str, Any]]:
         """Entries of a restore point's volume at ``path`` (relative; a directory's children)."""
         from frieze.repo.browse import ls
 
-        repo_id, snap = self._rp_volume(rp_id, volume)
+        repo_id, snap, _vol = self.restore_point_volume(rp_id, volume)
         with self.repos.open(repo_id) as repo:
             out = []
             for e in ls(repo, snap, path, recursive=recursive):
@@ -567,7 +572,7 @@ class Coordinator:
         from frieze.repo.browse import resolve
         from frieze.repo.tree import NodeType
 
-        repo_id, snap = self._rp_volume(rp_id, volume)
+        repo_id, snap, _vol = self.restore_point_volume(rp_id, volume)
         with self.repos.open(repo_id) as repo:
             node, _tree = resolve(repo, repo.load_snapshot(snap).tree, path)
             if node is None or node.type is not NodeType.FILE:

@@ -23,11 +23,10 @@ import tarfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from pydantic import BaseModel, Field
 
-from frieze.coordinator.catalog.models import RestorePoint
 from frieze.coordinator.workflows import common as C
 from frieze.core.clock import iso, now
 from frieze.core.errors import NotFound
@@ -87,14 +86,8 @@ def extract(ctx: Ctx) -> None:
     from frieze.repo.restore import restore as repo_restore
 
     c = C.coord()
-    with c.catalog.session() as s:
-        rp = s.get(RestorePoint, ctx.args.restore_point_id)
-        if rp is None or rp.forgotten:
-            raise NotFound(f"restore point {ctx.args.restore_point_id!r} does not exist")
-        entry = next((v for v in rp.volumes if v["volume_id"] == ctx.args.volume_id), None)
-        if entry is None:
-            raise NotFound(f"volume {ctx.args.volume_id!r} is not in restore point {rp.id}")
-        ctx.vars.repo_snapshot, ctx.vars.repository_id = str(entry["snapshot_id"]), rp.repository_id
+    ctx.vars.repository_id, ctx.vars.repo_snapshot, _vol = c.restore_point_volume(ctx.args.restore_point_id,
+                                                                                  ctx.args.volume_id)
     d = access_dir(c.config.staging_dir, ctx.op_id)
     shutil.rmtree(d, ignore_errors=True)
     (d / "tree").mkdir(parents=True)
@@ -106,18 +99,32 @@ def extract(ctx: Ctx) -> None:
             f"{ctx.vars.repo_snapshot[:12]}")
 
 
+class _Hashing:
+    """A write-only file object that hashes what passes through it (the archive is not read back)."""
+
+    def __init__(self, f: Any, h: Any) -> None:
+        self.f, self.h = f, h
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        return int(self.f.write(b))
+
+    def tell(self) -> int:  # tarfile asks where a write-only stream starts
+        return int(self.f.tell())
+
+
 @task
 def pack(ctx: Ctx) -> None:
     c = C.coord()
     d = access_dir(c.config.staging_dir, ctx.op_id)
     tmp = d / "archive.tar.part"
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(os.listdir(d / "tree")):
-            tar.add(d / "tree" / name, arcname=name, recursive=True)  # symlinks stored as links, not followed
     h = hashlib.sha256()
-    with tmp.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+    with tmp.open("wb") as f:
+        out = _Hashing(f, h)
+        with tarfile.open(fileobj=cast(IO[bytes], out), mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in sorted(os.listdir(d / "tree")):
+                tar.add(d / "tree" / name, arcname=name, recursive=True)  # symlinks stored as links, not followed
+        f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, d / "archive.tar")
     shutil.rmtree(d / "tree")

@@ -69,13 +69,10 @@ def finish(ctx: Ctx) -> None:
         (created if it["action"] == "create" else unchanged)[it["kind"]].append(v or {"id": it["id"],
                                                                                        "name": it["name"]})
     p.drop_pending(ctx.args.items)
-    C.coord().record_result(ctx.op_id, {
-        "provision_id": ctx.args.provision_id, "created": created, "unchanged": unchanged,
-        "counts": {"created": sum(len(x) for x in created.values()),
-                   "unchanged": sum(len(x) for x in unchanged.values())},
-        "finished_at": iso(now())})
-    ctx.log(f"provisioned: {sum(len(x) for x in created.values())} created, "
-            f"{sum(len(x) for x in unchanged.values())} unchanged")
+    counts = {"created": sum(map(len, created.values())), "unchanged": sum(map(len, unchanged.values()))}
+    C.coord().record_result(ctx.op_id, {"provision_id": ctx.args.provision_id, "created": created,
+                                        "unchanged": unchanged, "counts": counts, "finished_at": iso(now())})
+    ctx.log(f"provisioned: {counts['created']} created, {counts['unchanged']} unchanged")
 
 
 @task

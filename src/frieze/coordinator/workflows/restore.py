@@ -17,11 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from frieze.coordinator.catalog.models import RestorePoint
 from frieze.coordinator.mover import clean
 from frieze.coordinator.workflows import common as C
 from frieze.core.clock import iso, now
-from frieze.core.errors import AlreadyExists, IntegrityError, NotFound
+from frieze.core.errors import AlreadyExists, IntegrityError
 from frieze.engine import Checkpoint, Resources, TaskContext, Workflow, task
 
 
@@ -50,15 +49,8 @@ Ctx = TaskContext[RestoreArgs, RestoreVars]
 def check_target(ctx: Ctx) -> None:
     """The restore point exists; the target is absent or empty (or overwrite was asked for)."""
     c = C.coord()
-    with c.catalog.session() as s:
-        rp = s.get(RestorePoint, ctx.args.restore_point_id)
-        if rp is None or rp.forgotten:
-            raise NotFound(f"restore point {ctx.args.restore_point_id!r} does not exist")
-        entry = next((v for v in rp.volumes if v["volume_id"] == ctx.args.volume_id), None)
-        if entry is None:
-            raise NotFound(f"volume {ctx.args.volume_id!r} is not in restore point {rp.id}")
-        ctx.vars.repo_snapshot = entry["snapshot_id"]
-        ctx.vars.repository_id = rp.repository_id
+    ctx.vars.repository_id, ctx.vars.repo_snapshot, _vol = c.restore_point_volume(ctx.args.restore_point_id,
+                                                                                  ctx.args.volume_id)
     st = C.agent(ctx.args.target_host_id).target_state(ctx.args.target_path)
     ctx.vars.target_existed = bool(st.get("exists"))
     if st.get("exists") and not st.get("empty") and not ctx.args.overwrite:
