@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,78 @@ def test_directory_swapped_for_a_symlink_mid_walk_is_not_followed(tmp_path: Path
     from frieze.repo.browse import ls
 
     assert [e.path for e in ls(repo, res.snapshot_id, "", recursive=True)] == ["a"]
+
+
+def _mixed_tree(src: Path) -> None:
+    """Small and large files over several directories, a hard-linked pair, a symlink, an empty file."""
+    rnd = itertools.count()
+    for d in range(5):
+        sub = src / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(12):
+            (sub.parent / f"s{i}").write_bytes(os.urandom(100 + 997 * next(rnd)))
+        (sub / "big").write_bytes(os.urandom(3 << 20))
+    (src / "d0" / "s0").rename(src / "linked")
+    os.link(src / "linked", src / "d1" / "also-linked")
+    (src / "empty").write_bytes(b"")
+    os.symlink("linked", src / "sym")
+
+
+@pytest.mark.parametrize("read_threads", [1, 2, 4])
+def test_reader_threads_give_the_same_snapshot_as_reading_on_the_walking_thread(
+        tmp_path: Path, repo: Any, read_threads: int) -> None:
+    """Files read on reader threads (and entries stat'ed ahead) make exactly the tree the single-threaded walk
+    makes: same tree id, same stats of what was read, same unreadable file left out with its warning."""
+    src = tmp_path / "src"
+    _mixed_tree(src)
+    (src / "d2" / "no-access").write_bytes(b"secret")
+    opens: list[bytes] = []
+    threads: set[str] = set()
+
+    def opener(path: bytes) -> int:
+        opens.append(path)
+        threads.add(threading.current_thread().name.rsplit("_", 1)[0])
+        if path.endswith(b"/no-access"):
+            raise PermissionError(13, "Permission denied")
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME)  # atimes stay as the runs saw them
+
+    backup(repo, [str(src)], host="warm", parent=None)  # every atime set once (relatime): the runs compare alike
+    opens.clear()
+    one = backup(repo, [str(src)], host="one", parent=None, open_file=opener, read_threads=0)
+    n_opens = len(opens)
+    assert threads == {"MainThread"}
+    threads.clear()
+    many = backup(repo, [str(src)], host="many", parent=None, open_file=opener, read_threads=read_threads)
+    assert threads == {"frieze-read"}
+    assert many.tree == one.tree
+    assert len(opens) == 2 * n_opens
+    for k in ("files", "files_read", "bytes_read", "dirs", "hardlinks", "symlinks", "chunks"):
+        assert getattr(many.stats, k) == getattr(one.stats, k), k
+    assert many.stats.chunks_new == 0  # stored by the runs before
+    assert [w for w in many.stats.warnings if "no-access" in w] == [w for w in one.stats.warnings if "no-access" in w]
+    assert any("no-access" in w and "cannot open" in w for w in many.stats.warnings)
+    out = tmp_path / "out"
+    restore(repo, many.snapshot_id, out)
+    assert not (out / "d2" / "no-access").exists()
+    for p in src.rglob("*"):
+        if p.is_file() and p.name != "no-access":
+            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p
+    assert os.stat(out / "linked").st_ino == os.stat(out / "d1" / "also-linked").st_ino
+
+
+def test_reader_thread_failure_aborts_the_backup_and_commits_nothing(tmp_path: Path, repo: Any) -> None:
+    """An error that is not a per-file problem, raised on a reader thread, reaches the caller; no snapshot."""
+    src = tmp_path / "src"
+    _mixed_tree(src)
+    before = repo.list_snapshots()
+
+    def opener(path: bytes) -> int:
+        if path.endswith(b"/big") and b"d3" in path:
+            raise RuntimeError("disk controller on fire")
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+
+    with pytest.raises(RuntimeError, match="on fire"):
+        backup(repo, [str(src)], host="h", open_file=opener, read_threads=2)
+    assert repo.list_snapshots() == before
+    res = backup(repo, [str(src)], host="h", read_threads=2)  # and the next run is fine
+    assert res.stats.files > 0

@@ -113,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure("warning")
         sys.stdout.write(json.dumps(openapi_document(), indent=1) + "\n")
         return 0
-    from frieze.core.memtune import tune_malloc
+    from frieze.core.memtune import tune_gc, tune_malloc
 
     tune_malloc()  # the mover runs the repository's data path in this process
+    tune_gc()
     serve(CoordinatorConfig(state_dir=a.state_dir, host=a.host, port=a.port, agent_port=a.agent_port,
                             catalog_url=a.catalog_url, engine_url=a.engine_url, executor_id=a.executor_id,
                             scheduler=not a.no_scheduler, min_agent_version=a.min_agent_version,

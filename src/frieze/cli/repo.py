@@ -180,6 +180,7 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
            changed_ranges: Annotated[Path | None, typer.Option(
                help="JSON file: snapshot path -> [[offset, length], ...] or null")] = None,
            threads: Annotated[int | None, typer.Option(help="worker threads (default: CPUs)")] = None,
+           read_threads: Annotated[int, typer.Option(help="files read at once (0: read by the walking thread)")] = 2,
            repo: Repo = None, password_file: PasswordFile = None, as_json: Json = False, quiet: Quiet = False,
            progress: ShowProgress = None) -> None:
     """Back up files and directories as one snapshot (unchanged files of the parent are not read again)."""
@@ -201,13 +202,15 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
     ranges = _changed_ranges(changed_ranges)
     if threads is not None and threads < 1:
         raise UsageError("--threads must be at least 1")
+    if not 0 <= read_threads <= 64:
+        raise UsageError(f"--read-threads must be between 0 and 64, not {read_threads}")
     r = open_repo(repo, password_file)
     par: str | None = None if parent == "none" else ("auto" if parent == "auto" else _resolve(r, parent))
     show = progress_wanted(as_json, quiet, progress)
     with Bar(show, "backup", force_terminal=bool(progress)) as bar:
         res = do_backup(r, list(abs_paths), host=host or default_host(), tags=list(tag or []), label=lab,
                         parent=par, changed_ranges=ranges, fixed_block_globs=globs or None,
-                        progress=bar.event if show else None, threads=threads)
+                        progress=bar.event if show else None, threads=threads, read_threads=read_threads)
     s = res.stats
     if as_json:
         emit_json({"repository": r.id, **res.to_dict()})

@@ -69,9 +69,10 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from frieze.core.memtune import tune_malloc
+        from frieze.core.memtune import tune_gc, tune_malloc
 
         tune_malloc()  # a repository command runs the data path (frieze.core.memtune)
+        tune_gc()
         as_json = bool(kwargs.get("as_json", False))
         try:
             return fn(*args, **kwargs)

@@ -46,3 +46,30 @@ def tune_malloc() -> bool:
     _done = all(mallopt(k, v) == 1 for k, v in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD),
                                                  (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
     return _done
+
+
+#: The cyclic garbage collector's first-generation threshold in a data-path process (CPython's default: 700).
+GC_GEN0_THRESHOLD = 50_000
+
+_gc_done = False
+
+
+def tune_gc() -> bool:
+    """Fewer cyclic-GC passes in a process that runs the data path; True if applied (once per process).
+
+    A backup allocates millions of short-lived objects (stat results, nodes, futures, tree dicts) and almost
+    no reference cycles, yet with the default thresholds the collector ran every 700 allocations and
+    re-scanned the long-lived ones (modules, the parent snapshot's trees): about 1 s of a 12 s first backup
+    on this VM, on the walking thread. Everything alive at start-up is moved out of the collector's reach
+    (``gc.freeze``) and the first generation is collected every :data:`GC_GEN0_THRESHOLD` allocations.
+    Cycles are still collected. ``FRIEZE_GC_TUNE=0`` turns it off (for A/B runs)."""
+    global _gc_done
+    if _gc_done or os.environ.get("FRIEZE_GC_TUNE", "1") == "0":
+        return False
+    import gc
+
+    gc.freeze()
+    _t0, t1, t2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, t1, t2)
+    _gc_done = True
+    return True

@@ -18,10 +18,14 @@ Cost follows change:
   content-defined file the ranges only say "changed": the file is read whole. Files not in the map fall
   back to the metadata rule.
 
-Speed: the calling thread walks, reads (``readinto`` into the chunker's reused buffer, ``pread`` for
-blocks) and cuts; a thread pool hashes, compresses and encrypts (those libraries release the GIL); at most
-``4 * threads`` chunks are in flight. Errors reading one file (vanished, unreadable) skip that file and
-are listed in ``stats["warnings"]``; a missing top-level path is a NotFound before anything is written.
+Speed: the calling thread walks (``lstat``, metadata, the parent comparison); files that must be read are
+read and cut by ``read_threads`` reader threads (``readinto`` into a per-thread chunker buffer, ``pread``
+for blocks), so a cold small file's latency overlaps the next one's and two large files stream at once; a
+thread pool hashes, compresses and encrypts (those libraries release the GIL); at most ``4 * threads``
+chunk tasks and ``2 * read_threads`` file reads are in flight. A file with several hard links is read
+before the walk goes on (the first link seen must be known to be readable). Errors reading one file
+(vanished, unreadable) skip that file and are listed in ``stats["warnings"]``; a missing top-level path is
+a NotFound before anything is written.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -183,13 +187,18 @@ class _Pipeline:
 
 # A pending extent: a finished Extent, or (future of [(id, new), ...], its length, its index in that list).
 _Pending = Extent | tuple[Future[list[tuple[bytes, bool]]], int, int]
+# An entry's metadata read ahead: (lstat, its xattrs or the error reading them), or the lstat error.
+_Meta = tuple[os.stat_result, list[tuple[bytes, bytes]] | OSError] | OSError
+# A file's content: its pending extents, None (unreadable: the entry is left out, with a warning), or a reader
+# thread's future of either.
+_Content = list[_Pending] | None | Future[list[_Pending] | None]
 
 
 class _CountingReader:
     """``readinto`` over a byte range of an fd (pread-based, so segments of sparse files work)."""
 
-    def __init__(self, fd: int, start: int, end: int | None, stats: BackupStats) -> None:
-        self.fd, self.pos, self.end, self.stats = fd, start, end, stats
+    def __init__(self, fd: int, start: int, end: int | None, count: Callable[[int], None]) -> None:
+        self.fd, self.pos, self.end, self.count = fd, start, end, count
 
     def readinto(self, b: memoryview) -> int:
         want = len(b) if self.end is None else min(len(b), self.end - self.pos)
@@ -197,8 +206,7 @@ class _CountingReader:
             return 0
         n = os.preadv(self.fd, [b[:want]], self.pos)
         self.pos += n
-        self.stats.bytes_read += n
-        self.stats.read_calls += 1
+        self.count(n)
         return n
 
 
@@ -234,14 +242,21 @@ class _Backup:
                  changed_ranges: Mapping[str, Ranges | None] | None,
                  fixed_block_globs: Mapping[str, int | FixedBlocks] | None,
                  progress: Throttle, bytes_total: int, files_total: int,
-                 open_file: Callable[[bytes], int]) -> None:
+                 open_file: Callable[[bytes], int], readers: ThreadPoolExecutor | None = None,
+                 read_slots: int = 4, statters: ThreadPoolExecutor | None = None) -> None:
         self.repo = repo
         self.writer = writer
         self.pipe = pipeline
         self.changed = changed_ranges or {}
         self.globs = fixed_block_globs
         cfg = repo.config
-        self.cdc = CdcChunker(CdcParams(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, cfg.chunker_seed))
+        self.cdc_params = CdcParams(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, cfg.chunker_seed)
+        CdcChunker(self.cdc_params)  # checks the chunker's version and the sizes before anything is read
+        self._tls = threading.local()
+        self.readers = readers
+        self.statters = statters
+        self.read_slots = threading.BoundedSemaphore(max(1, read_slots))
+        self._count_lock = threading.Lock()
         self.default_block = int(getattr(cfg, "block_size", 0) or 8 * cfg.page_size)
         self.stats = BackupStats()
         self.progress = progress
@@ -253,6 +268,32 @@ class _Backup:
         # (dev, inode) of files with several links -> snapshot path of the first one seen.
         self.links: dict[tuple[int, int], bytes] = {}
         self.seen_trees: set[bytes] = set()
+
+    @property
+    def cdc(self) -> CdcChunker:
+        """This thread's chunker (each reuses its own buffer)."""
+        c: CdcChunker | None = getattr(self._tls, "cdc", None)
+        if c is None:
+            c = self._tls.cdc = CdcChunker(self.cdc_params)
+        return c
+
+    def _count_read(self, n: int) -> None:
+        with self._count_lock:
+            self.stats.bytes_read += n
+            self.stats.read_calls += 1
+
+    def _reading(self, fn: Callable[..., list[_Pending] | None], *args: Any) -> _Content:
+        """Run a file read on a reader thread (at most ``read_slots`` queued or running), or here."""
+        if self.readers is None:
+            return fn(*args)
+        self.read_slots.acquire()
+        try:
+            fut = self.readers.submit(fn, *args)
+        except BaseException:
+            self.read_slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self.read_slots.release())
+        return fut
 
     # -- parent access
     def parent_dir(self, tree_id: bytes | None) -> _ParentDir | None:
@@ -348,19 +389,65 @@ class _Backup:
             if dfd >= 0:
                 os.close(dfd)
 
+    #: Entries whose metadata one stat task reads (see :meth:`_prefetch`).
+    STAT_BATCH = 16
+
+    @staticmethod
+    def _stat_batch(batch: list[tuple[bytes, bytes]], dir_fd: int | None) -> list[_Meta]:
+        out: list[_Meta] = []
+        for name, path in batch:
+            try:
+                st = os.lstat(name, dir_fd=dir_fd) if dir_fd is not None else os.lstat(path)
+            except OSError as e:
+                out.append(e)
+                continue
+            try:
+                xattrs: list[tuple[bytes, bytes]] | OSError = read_xattrs(path)
+            except OSError as e:
+                xattrs = e
+            if stat.S_ISDIR(st.st_mode):
+                try:  # warm the directory's blocks for the walk that lists it soon after
+                    os.listdir(path)
+                except OSError:
+                    pass
+            out.append((st, xattrs))
+        return out
+
+    def _prefetch(self, entries: list[tuple[bytes, bytes]], dir_fd: int | None) -> list[Future[list[_Meta]]]:
+        """Read every entry's ``lstat`` and xattrs on the stat threads, :attr:`STAT_BATCH` entries per task:
+        on a cold cache each is a disk read, and many in flight at once cost little more than one."""
+        if self.statters is None or len(entries) < 2:
+            return []
+        b = self.STAT_BATCH
+        return [self.statters.submit(self._stat_batch, entries[i:i + b], dir_fd) for i in range(0, len(entries), b)]
+
     def entries_tree(self, entries: list[tuple[bytes, bytes]], rel: str, parent_tree: bytes | None,
                      dir_fd: int | None = None) -> bytes:
         pdir = self.parent_dir(parent_tree)
         items: list[tuple[bytes, Node | dict[str, Any]]] = []
-        pending: list[tuple[Node, list[_Pending]]] = []
-        for name, path in entries:
-            child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
-            item = self.entry(name, path, child_rel, pdir, pending, dir_fd)
-            if item is not None:
-                items.append((name, item))
-        for node, exts in pending:
-            node.extents = self._resolve(exts)
-        objs = [(name, it if isinstance(it, dict) else node_to_obj(it)) for name, it in items]
+        pending: list[tuple[Node, _Content]] = []
+        metas = self._prefetch(entries, dir_fd)
+        try:
+            for i, (name, path) in enumerate(entries):
+                child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+                meta = metas[i // self.STAT_BATCH].result()[i % self.STAT_BATCH] if metas else None
+                item = self.entry(name, path, child_rel, pdir, pending, dir_fd, meta)
+                if item is not None:
+                    items.append((name, item))
+        finally:
+            if metas:  # none may still use dir_fd once the caller closes it
+                for f in metas:
+                    f.cancel()
+                wait(metas)
+        unreadable: set[int] = set()
+        for node, content in pending:
+            exts = content.result() if isinstance(content, Future) else content
+            if exts is None:
+                unreadable.add(id(node))
+            else:
+                node.extents = self._resolve(exts)
+        objs = [(name, it if isinstance(it, dict) else node_to_obj(it)) for name, it in items
+                if id(it) not in unreadable]
         if pdir is not None and len(objs) == len(pdir.objs) and all(pdir.objs.get(n) == o for n, o in objs):
             self.stats.trees += 1  # unchanged directory: the parent's tree blob, not encoded again
             return pdir.tree_id
@@ -392,18 +479,23 @@ class _Backup:
         return out
 
     def entry(self, name: bytes, path: bytes, rel: str, pdir: _ParentDir | None,
-              pending: list[tuple[Node, list[_Pending]]], dir_fd: int | None = None) -> Node | dict[str, Any] | None:
-        """Back up one entry: its node, or (an unchanged file) the parent's node object as is."""
+              pending: list[tuple[Node, _Content]], dir_fd: int | None = None,
+              meta: _Meta | None = None) -> Node | dict[str, Any] | None:
+        """Back up one entry: its node, or (an unchanged file) the parent's node object as is. ``meta`` is
+        its ``lstat`` and xattrs when :meth:`_prefetch` read them (else they are read here)."""
         check_name(name)
-        try:
-            st = os.lstat(name, dir_fd=dir_fd) if dir_fd is not None else os.lstat(path)
-        except FileNotFoundError:
+        if meta is None:
+            meta = self._stat_batch([(name, path)], dir_fd)[0]
+        if isinstance(meta, FileNotFoundError):
             self.stats.warnings.append(f"{rel}: vanished during backup")
             return None
-        except OSError as e:
-            self.stats.warnings.append(f"{rel}: cannot stat: {e.strerror}")
+        if isinstance(meta, OSError):
+            self.stats.warnings.append(f"{rel}: cannot stat: {meta.strerror}")
             return None
-        node = node_from_stat(name, st, xattrs=read_xattrs(path))
+        st, xattrs = meta
+        if isinstance(xattrs, OSError):
+            raise xattrs
+        node = node_from_stat(name, st, xattrs=xattrs)
         if node.type is NodeType.DIR:
             self.stats.dirs += 1
             parent = self.parent_node(pdir, name)
@@ -439,9 +531,11 @@ class _Backup:
         same = self._same_as_parent(node, rel, pdir)
         if same is not None:
             self.stats.files_unchanged += 1
-            exts: list[_Pending] | None = []
+            exts: _Content = []
         else:
             exts = self.file_content(path, rel, st, node, self.parent_node(pdir, name), spec)
+            if st.st_nlink > 1 and isinstance(exts, Future):
+                exts = exts.result()  # whether this first link is readable decides what later links are
         self.files_done += 1
         self.bytes_done += st.st_size
         self.progress(self.bytes_done, self.bytes_total, self.files_done, self.files_total, rel)
@@ -473,7 +567,7 @@ class _Backup:
 
     # -- file content
     def file_content(self, path: bytes, rel: str, st: os.stat_result, node: Node,
-                     parent: Node | None, spec: FixedBlocks | None) -> list[_Pending] | None:
+                     parent: Node | None, spec: FixedBlocks | None) -> _Content:
         same_kind = (parent is not None and parent.type is NodeType.FILE
                      and parent.block_size == node.block_size and parent.page_size == node.page_size)
         has_ranges = rel in self.changed
@@ -491,8 +585,8 @@ class _Backup:
                     return list(parent.extents)
             else:
                 self.stats.files_ranged += 1
-                return self._read_fixed(path, rel, st, node, spec, parent, ranges)
-        return self._read_full(path, rel, st, node, spec)
+                return self._reading(self._read_fixed, path, rel, st, node, spec, parent, ranges)
+        return self._reading(self._read_full, path, rel, st, node, spec)
 
     def _open(self, path: bytes, rel: str, st: os.stat_result) -> int | None:
         try:
@@ -512,19 +606,19 @@ class _Backup:
         fd = self._open(path, rel, st)
         if fd is None:
             return None
-        self.stats.files_read += 1
+        with self._count_lock:
+            self.stats.files_read += 1
         try:
             if spec is not None:
                 return self._read_fixed_fd(fd, rel, st, node, spec, None, None)
             size = st.st_size
             segs = data_segments(fd, size) if is_probably_sparse(st) else None
             out: list[_Pending] = []
-            if segs is None and size < self.cdc.params.min_size:
+            if segs is None and size < self.cdc_params.min_size:
                 # Small file: one pread (CDC never cuts at or below min_size, so this is its one chunk).
                 data = os.pread(fd, size + 1, 0)
-                self.stats.bytes_read += len(data)
-                self.stats.read_calls += 1
-                if len(data) <= self.cdc.params.min_size:
+                self._count_read(len(data))
+                if len(data) <= self.cdc_params.min_size:
                     node.size = len(data)
                     return [(self.pipe.submit(data), len(data), 0)] if data else []
                 # It grew past min_size meanwhile: cut it normally below.
@@ -558,7 +652,7 @@ class _Backup:
             self.stats.warnings.append(f"{rel}: changed while it was read (not a consistent copy of it)")
 
     def _cut(self, fd: int, start: int, end: int | None) -> Iterator[_Pending]:
-        reader = _CountingReader(fd, start, end, self.stats)
+        reader = _CountingReader(fd, start, end, self._count_read)
         for view in self.cdc.cut_stream(reader):
             yield (self.pipe.submit(bytes(view)), len(view), 0)
 
@@ -618,8 +712,7 @@ class _Backup:
             off = run[0] * bs
             want = min(len(run) * bs, size - off)
             data = os.pread(fd, want, off)
-            self.stats.bytes_read += len(data)
-            self.stats.read_calls += 1
+            self._count_read(len(data))
             if len(data) != want:
                 raise OSError(errno.EIO, f"short read at {off} (file shrank?)")
             mv = memoryview(data)
@@ -688,12 +781,13 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
            fixed_block_globs: Mapping[str, int | FixedBlocks] | None = None,
            progress: ProgressCallback | None = None, threads: int | None = None,
            lease_s: float = 300.0, checkpoint_bytes: int | None = None,
-           open_file: Callable[[bytes], int] = _open_source) -> BackupResult:
+           open_file: Callable[[bytes], int] = _open_source, read_threads: int = 2) -> BackupResult:
     """Back up ``paths`` as one snapshot and commit it; see the module docstring for the rules.
 
     ``checkpoint_bytes`` (default: 4 packs' worth) bounds what a killed backup leaves unindexed: after that
     much new data the writer is flushed (packs durable and indexed), so a re-run reuses it; 0 disables.
-    ``open_file`` opens a source file for reading (tests count opens through it).
+    ``open_file`` opens a source file for reading (tests count opens through it). ``read_threads`` files
+    are read at once (0: the walking thread reads them itself).
     """
     t0 = time.monotonic()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))  # three frames per directory level
@@ -718,17 +812,28 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
         if checkpoint_bytes is None:
             checkpoint_bytes = 4 * int(getattr(repo.config, "pack_size", 16 << 20))
         pipe = _Pipeline(repo, writer, threads or os.cpu_count() or 2, checkpoint_bytes)
+        readers = (ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="frieze-read")
+                   if read_threads > 0 else None)
+        statters = (ThreadPoolExecutor(max_workers=4 * read_threads, thread_name_prefix="frieze-stat")
+                    if read_threads > 0 else None)
         try:
             b = _Backup(repo, writer, pipe, changed_ranges=changed_ranges, fixed_block_globs=fixed_block_globs,
-                        progress=throttle, bytes_total=bytes_total, files_total=files_total, open_file=open_file)
+                        progress=throttle, bytes_total=bytes_total, files_total=files_total, open_file=open_file,
+                        readers=readers, read_slots=2 * read_threads, statters=statters)
             if single_dir:
                 tree = b.dir_tree(bpaths[0], "", parent_tree, os.lstat(bpaths[0]))
             else:
                 tree = b.entries_tree([(os.path.basename(p.rstrip(b"/")), p) for p in bpaths], "", parent_tree)
         except BaseException:
+            for pool in (statters, readers):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
             pipe.close()
             writer.abort()
             raise
+        for pool in (statters, readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
         pipe.close()
         b.stats.duration_s = round(time.monotonic() - t0, 3)
         b.stats.checkpoints = pipe.checkpoints
