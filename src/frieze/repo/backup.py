@@ -38,10 +38,11 @@ import stat
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from frieze.core.errors import FriezeError, NotFound, UsageError
 from frieze.repo.chunking import CdcChunker, CdcParams, FixedBlocks, fixed_block_spec_for
@@ -63,6 +64,7 @@ from frieze.repo.tree import (
 from frieze.repo.types import BlobKind
 
 Ranges = list[tuple[int, int]]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -189,9 +191,37 @@ class _Pipeline:
 _Pending = Extent | tuple[Future[list[tuple[bytes, bool]]], int, int]
 # An entry's metadata read ahead: (lstat, its xattrs or the error reading them), or the lstat error.
 _Meta = tuple[os.stat_result, list[tuple[bytes, bytes]] | OSError] | OSError
-# A file's content: its pending extents, None (unreadable: the entry is left out, with a warning), or a reader
-# thread's future of either.
-_Content = list[_Pending] | None | Future[list[_Pending] | None]
+
+
+class _Batched:
+    """A small file's place in a batch of small files read by one reader task (:meth:`_Backup._flush_small`)."""
+
+    __slots__ = ("fut", "idx")
+
+    def __init__(self, idx: int) -> None:
+        self.fut: Future[list[list[_Pending] | None]] | None = None
+        self.idx = idx
+
+    def result(self) -> list[_Pending] | None:
+        assert self.fut is not None, "small-file batch not submitted"
+        return self.fut.result()[self.idx]
+
+
+# A file's content: its pending extents, None (unreadable: the entry is left out, with a warning), a reader
+# thread's future of either, or its place in a batch of small files.
+_Content = list[_Pending] | None | Future[list[_Pending] | None] | _Batched
+
+
+@dataclass
+class _DirWork:
+    """A directory walked but not finished: its entries, the contents still being read, its subdirectories.
+    Finished (:meth:`_Backup._finish`) in the order walks end, so every subdirectory before its parent."""
+
+    pdir: _ParentDir | None
+    items: list[tuple[bytes, Node | dict[str, Any]]] = field(default_factory=list)
+    pending: list[tuple[Node, _Content]] = field(default_factory=list)
+    subdirs: list[tuple[Node, _DirWork]] = field(default_factory=list)
+    tree_id: bytes | None = None
 
 
 class _CountingReader:
@@ -268,6 +298,11 @@ class _Backup:
         # (dev, inode) of files with several links -> snapshot path of the first one seen.
         self.links: dict[tuple[int, int], bytes] = {}
         self.seen_trees: set[bytes] = set()
+        #: walked directories not finished yet, oldest first (see :attr:`OPEN_DIRS`)
+        self.open_dirs: deque[_DirWork] = deque()
+        #: small files waiting to be read as one batch: (path, rel, stat, node, place)
+        self.small: list[tuple[bytes, str, os.stat_result, Node, _Batched]] = []
+        self.small_bytes = 0
 
     @property
     def cdc(self) -> CdcChunker:
@@ -282,7 +317,7 @@ class _Backup:
             self.stats.bytes_read += n
             self.stats.read_calls += 1
 
-    def _reading(self, fn: Callable[..., list[_Pending] | None], *args: Any) -> _Content:
+    def _reading(self, fn: Callable[..., _T], *args: Any) -> _T | Future[_T]:
         """Run a file read on a reader thread (at most ``read_slots`` queued or running), or here."""
         if self.readers is None:
             return fn(*args)
@@ -365,8 +400,9 @@ class _Backup:
         return all(self.writer.has(i) for i in ids if i in pdir.missing)
 
     # -- walking
-    def dir_tree(self, abs_path: bytes, rel: str, parent_tree: bytes | None, st: os.stat_result) -> bytes:
-        """Back up the entries of directory ``abs_path`` (the one ``st`` describes); return its tree id.
+    def dir_tree(self, abs_path: bytes, rel: str, parent_tree: bytes | None, st: os.stat_result) -> _DirWork:
+        """Walk the entries of directory ``abs_path`` (the one ``st`` describes); its tree id is set once it
+        is finished (:meth:`settle`).
 
         The directory is opened with O_NOFOLLOW and checked to be the stat'ed inode; its entries are listed
         and stat'ed through that fd, so a directory swapped for a symlink mid-walk is never followed.
@@ -421,37 +457,57 @@ class _Backup:
         b = self.STAT_BATCH
         return [self.statters.submit(self._stat_batch, entries[i:i + b], dir_fd) for i in range(0, len(entries), b)]
 
+    #: Directories walked but not finished that the walk keeps before it waits for the oldest: the walk goes on
+    #: into the next directories while the last ones' files are still read and stored.
+    OPEN_DIRS = 32
+
     def entries_tree(self, entries: list[tuple[bytes, bytes]], rel: str, parent_tree: bytes | None,
-                     dir_fd: int | None = None) -> bytes:
-        pdir = self.parent_dir(parent_tree)
-        items: list[tuple[bytes, Node | dict[str, Any]]] = []
-        pending: list[tuple[Node, _Content]] = []
+                     dir_fd: int | None = None) -> _DirWork:
+        dw = _DirWork(self.parent_dir(parent_tree))
         metas = self._prefetch(entries, dir_fd)
         try:
             for i, (name, path) in enumerate(entries):
                 child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
                 meta = metas[i // self.STAT_BATCH].result()[i % self.STAT_BATCH] if metas else None
-                item = self.entry(name, path, child_rel, pdir, pending, dir_fd, meta)
+                item = self.entry(name, path, child_rel, dw.pdir, dw, dir_fd, meta)
                 if item is not None:
-                    items.append((name, item))
+                    dw.items.append((name, item))
         finally:
             if metas:  # none may still use dir_fd once the caller closes it
                 for f in metas:
                     f.cancel()
                 wait(metas)
+        self._flush_small()
+        self.open_dirs.append(dw)
+        self.settle(self.OPEN_DIRS)
+        return dw
+
+    def settle(self, keep: int = 0) -> None:
+        """Finish the oldest walked directories until at most ``keep`` are open."""
+        while len(self.open_dirs) > keep:
+            self._finish(self.open_dirs.popleft())
+
+    def _finish(self, dw: _DirWork) -> None:
+        """Wait for a walked directory's contents and store its tree (its subdirectories are finished)."""
+        for node, sub in dw.subdirs:
+            assert sub.tree_id is not None, "subdirectory finished after its parent"
+            node.subtree = sub.tree_id
         unreadable: set[int] = set()
-        for node, content in pending:
-            exts = content.result() if isinstance(content, Future) else content
+        for node, content in dw.pending:
+            exts = content.result() if isinstance(content, (Future, _Batched)) else content
             if exts is None:
                 unreadable.add(id(node))
             else:
                 node.extents = self._resolve(exts)
-        objs = [(name, it if isinstance(it, dict) else node_to_obj(it)) for name, it in items
+        objs = [(name, it if isinstance(it, dict) else node_to_obj(it)) for name, it in dw.items
                 if id(it) not in unreadable]
+        pdir = dw.pdir
+        dw.items, dw.pending, dw.subdirs, dw.pdir = [], [], [], None
         if pdir is not None and len(objs) == len(pdir.objs) and all(pdir.objs.get(n) == o for n, o in objs):
             self.stats.trees += 1  # unchanged directory: the parent's tree blob, not encoded again
-            return pdir.tree_id
-        return self.store_tree(objs)
+            dw.tree_id = pdir.tree_id
+        else:
+            dw.tree_id = self.store_tree(objs)
 
     def store_tree(self, objs: list[tuple[bytes, dict[str, Any]]]) -> bytes:
         blob = encode_objects(objs)
@@ -479,7 +535,7 @@ class _Backup:
         return out
 
     def entry(self, name: bytes, path: bytes, rel: str, pdir: _ParentDir | None,
-              pending: list[tuple[Node, _Content]], dir_fd: int | None = None,
+              dw: _DirWork, dir_fd: int | None = None,
               meta: _Meta | None = None) -> Node | dict[str, Any] | None:
         """Back up one entry: its node, or (an unchanged file) the parent's node object as is. ``meta`` is
         its ``lstat`` and xattrs when :meth:`_prefetch` read them (else they are read here)."""
@@ -500,7 +556,8 @@ class _Backup:
             self.stats.dirs += 1
             parent = self.parent_node(pdir, name)
             sub_parent = parent.subtree if parent is not None and parent.type is NodeType.DIR else None
-            node.subtree = self.dir_tree(path, rel, sub_parent, st)
+            self._flush_small()  # this directory's small files are read while the walk is in the subdirectory
+            dw.subdirs.append((node, self.dir_tree(path, rel, sub_parent, st)))
             return node
         if node.type is NodeType.SYMLINK:
             self.stats.symlinks += 1
@@ -545,7 +602,7 @@ class _Backup:
             if st.st_nlink > 1 and self.links.get((st.st_dev, st.st_ino)) == rel.encode("utf-8", "surrogateescape"):
                 del self.links[(st.st_dev, st.st_ino)]
             return None
-        pending.append((node, exts))
+        dw.pending.append((node, exts))
         return node
 
     def _same_as_parent(self, node: Node, rel: str, pdir: _ParentDir | None) -> dict[str, Any] | None:
@@ -586,7 +643,68 @@ class _Backup:
             else:
                 self.stats.files_ranged += 1
                 return self._reading(self._read_fixed, path, rel, st, node, spec, parent, ranges)
+        if (self.readers is not None and spec is None and st.st_size < self.cdc_params.min_size
+                and st.st_nlink == 1 and not is_probably_sparse(st)):
+            return self._add_small(path, rel, st, node)
         return self._reading(self._read_full, path, rel, st, node, spec)
+
+    #: Small files (below the chunker's minimum, so one chunk each) are read by one reader task and stored by
+    #: one pool task per batch of at most this many files or bytes: one hand-off per batch, not three per file.
+    SMALL_BATCH_FILES = 64
+    SMALL_BATCH_BYTES = 1 << 20
+
+    def _add_small(self, path: bytes, rel: str, st: os.stat_result, node: Node) -> _Batched:
+        place = _Batched(len(self.small))
+        self.small.append((path, rel, st, node, place))
+        self.small_bytes += st.st_size
+        if len(self.small) >= self.SMALL_BATCH_FILES or self.small_bytes >= self.SMALL_BATCH_BYTES:
+            self._flush_small()
+        return place
+
+    def _flush_small(self) -> None:
+        if not self.small:
+            return
+        batch, self.small, self.small_bytes = self.small, [], 0
+        fut = self._reading(self._read_small, batch)
+        assert isinstance(fut, Future)
+        for *_rest, place in batch:
+            place.fut = fut  # type: ignore[assignment]
+
+    def _read_small(self, batch: list[tuple[bytes, str, os.stat_result, Node, _Batched]]
+                    ) -> list[list[_Pending] | None]:
+        """Reader thread: read each small file with one ``pread``; store all their chunks with one pool task.
+        A file that grew past the chunker's minimum meanwhile is cut as usual (:meth:`_read_full`)."""
+        out: list[list[_Pending] | int | None] = []
+        datas: list[bytes | memoryview] = []
+        for path, rel, st, node, _place in batch:
+            fd = self._open(path, rel, st)
+            if fd is None:
+                out.append(None)
+                continue
+            try:
+                data = os.pread(fd, st.st_size + 1, 0)
+            except OSError as e:
+                self.stats.warnings.append(f"{rel}: read failed: {e.strerror}")
+                out.append(None)
+                continue
+            finally:
+                self._note_change(fd, rel, st)
+                os.close(fd)
+            with self._count_lock:
+                self.stats.files_read += 1
+            self._count_read(len(data))
+            if len(data) > self.cdc_params.min_size:
+                out.append(self._read_full(path, rel, st, node, None))  # grew: read it again, cut normally
+                continue
+            node.size = len(data)
+            if data:
+                out.append(len(datas))
+                datas.append(data)
+            else:
+                out.append([])
+        fut = self.pipe.submit_many(datas) if datas else None
+        return [[(fut, len(datas[k]), k)] if isinstance(k, int) and fut is not None else k  # type: ignore[misc]
+                for k in out]
 
     def _open(self, path: bytes, rel: str, st: os.stat_result) -> int | None:
         try:
@@ -673,8 +791,8 @@ class _Backup:
             os.close(fd)
 
     #: Consecutive fixed blocks are read with one ``pread`` of at most this many bytes and hashed and stored
-    #: by one pool task (a 1 GiB file of 64 KiB blocks: 1 024 reads and tasks, not 16 384).
-    FIXED_READ_BYTES = 1 << 20
+    #: by one pool task (a 1 GiB file of 64 KiB blocks: 256 reads and tasks, not 16 384).
+    FIXED_READ_BYTES = 4 << 20
 
     def _read_fixed_fd(self, fd: int, rel: str, st: os.stat_result, node: Node, spec: FixedBlocks,
                        parent: Node | None, touched: set[int] | None) -> list[_Pending]:
@@ -821,9 +939,12 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
                         progress=throttle, bytes_total=bytes_total, files_total=files_total, open_file=open_file,
                         readers=readers, read_slots=2 * read_threads, statters=statters)
             if single_dir:
-                tree = b.dir_tree(bpaths[0], "", parent_tree, os.lstat(bpaths[0]))
+                root = b.dir_tree(bpaths[0], "", parent_tree, os.lstat(bpaths[0]))
             else:
-                tree = b.entries_tree([(os.path.basename(p.rstrip(b"/")), p) for p in bpaths], "", parent_tree)
+                root = b.entries_tree([(os.path.basename(p.rstrip(b"/")), p) for p in bpaths], "", parent_tree)
+            b.settle(0)
+            assert root.tree_id is not None
+            tree = root.tree_id
         except BaseException:
             for pool in (statters, readers):
                 if pool is not None:
