@@ -549,6 +549,51 @@ class _Restorer:
                 if f is not None:
                     f.cancel()
 
+    def _write_content(self, fd: int, node: Node) -> None:
+        """Write a file's blobs into ``fd`` (a new temporary file). A file of one blob is read and written in
+        this thread; otherwise each run (:meth:`_plan`) is fetched, verified *and written at its offset* by a
+        pool job, so the copies into the page cache of one large file run on every core. At most
+        :attr:`window` runs are in flight (3 with ranged reads); every job has ended before this returns, so
+        none writes to ``fd`` once it is closed."""
+        if len(node.extents) <= 1:
+            for off, ln, datas in self.runs(node):
+                if datas is not None:
+                    _write_all(fd, datas, off)
+                    with self.lock:
+                        self.stats.bytes_written += ln
+            return
+        window = self.window if self._lookup is None else 3
+        inflight: deque[Future[None]] = deque()
+        exts = iter(node.extents)
+        try:
+            for off, ln, items in self._plan(node):
+                if items is None:
+                    next(exts)
+                    continue
+                lengths = [next(exts).length for _ in items]
+                while len(inflight) >= window:
+                    inflight.popleft().result()
+                inflight.append(self.pool.submit(self._fetch_write, fd, off, ln, items, lengths))
+            while inflight:
+                inflight.popleft().result()
+        finally:
+            for f in inflight:
+                f.cancel()
+            wait(inflight)
+
+    def _fetch_write(self, fd: int, off: int, ln: int, items: list[Any], lengths: list[int]) -> None:
+        """Pool job: fetch and verify one run (:meth:`_fetch`), check each blob has its extent's length, write it."""
+        datas = self._fetch(items)
+        pos = off
+        for k, (data, want) in enumerate(zip(datas, lengths, strict=True)):
+            if len(data) != want:
+                bid = items[k].hex() if isinstance(items[k], bytes) else items[k].blob_id.hex()
+                raise IntegrityError(f"blob {bid} has {len(data)} bytes, the tree says {want}", offset=pos, blob=bid)
+            pos += want
+        _write_all(fd, datas, off)
+        with self.lock:
+            self.stats.bytes_written += ln
+
     def restore_file(self, dir_fd: int, node: Node, rel: bytes) -> None:
         if self.verify:
             self._verify_file(dir_fd, node, rel)
@@ -558,12 +603,7 @@ class _Restorer:
                      0o600, dir_fd=dir_fd)
         try:
             try:
-                for off, ln, datas in self.runs(node):
-                    if datas is None:
-                        continue
-                    _write_all(fd, datas, off)
-                    with self.lock:
-                        self.stats.bytes_written += ln
+                self._write_content(fd, node)
                 os.ftruncate(fd, node.size)
                 self.apply_meta(fd, dir_fd, node.name, node)
             finally:
