@@ -10,6 +10,7 @@ also executes backups) until the stop file appears.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -49,7 +50,10 @@ def main() -> None:
         t.start()
     for t in ts:
         t.join()
-    (ctl / f"submitted-{executor}.json").write_text(json.dumps(submitted))
+    # written whole, then renamed: the test reads the file as soon as its name exists
+    tmp = ctl / f".submitted-{executor}.json.tmp"
+    tmp.write_text(json.dumps(submitted))
+    os.replace(tmp, ctl / f"submitted-{executor}.json")
     try:
         while not (ctl / "stop").exists():
             time.sleep(0.1)

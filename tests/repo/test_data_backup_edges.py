@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
 import json
 import os
@@ -250,3 +252,86 @@ def test_reader_thread_failure_aborts_the_backup_and_commits_nothing(tmp_path: P
     assert repo.list_snapshots() == before
     res = backup(repo, [str(src)], host="h", read_threads=2)  # and the next run is fine
     assert res.stats.files > 0
+
+
+def _direct_io_works(d: Path) -> bool:
+    probe = d / "direct-probe"
+    probe.write_bytes(b"\0" * 8192)
+    try:
+        fd = os.open(probe, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+    os.close(fd)
+    return True
+
+
+def _db_like(src: Path) -> None:
+    """Files of 8 KiB pages: whole blocks, a tail that is not a multiple of 4 KiB, a sparse one."""
+    src.mkdir()
+    (src / "rel").write_bytes(os.urandom(3 * (1 << 20) + 5 * 8192))
+    (src / "tail").write_bytes(os.urandom(64 * 1024 + 8192 + 100))
+    with open(src / "sparse", "wb") as f:
+        f.write(os.urandom(65536))
+        f.seek(4 << 20)
+        f.write(os.urandom(65536 * 2))
+    (src / "small").write_bytes(os.urandom(3000))
+
+
+GLOBS = {"*": FixedBlocks(page_size=8192, block_size=65536)}
+
+
+def test_direct_io_reads_fixed_blocks_around_the_page_cache_and_makes_the_same_tree(tmp_path: Path, repo: Any) -> None:
+    if not _direct_io_works(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
+    src = tmp_path / "src"
+    _db_like(src)
+    backup(repo, [str(src)], host="warm", parent=None, fixed_block_globs=GLOBS)  # atimes set once
+    cached = backup(repo, [str(src)], host="a", parent=None, fixed_block_globs=GLOBS, direct_io=False)
+    direct = backup(repo, [str(src)], host="b", parent=None, fixed_block_globs=GLOBS, direct_io=True)
+    assert direct.tree == cached.tree
+    assert cached.stats.bytes_read_direct == 0
+    assert direct.stats.bytes_read == cached.stats.bytes_read
+    # every byte of data read with O_DIRECT (the holes of the sparse file are not read at all)
+    assert direct.stats.bytes_read_direct == direct.stats.bytes_read > 3 << 20
+    out = tmp_path / "out"
+    restore(repo, direct.snapshot_id, out)
+    for p in src.iterdir():
+        assert (out / p.name).read_bytes() == p.read_bytes(), p
+    assert os.stat(out / "sparse").st_blocks * 512 < os.stat(src / "sparse").st_size
+
+
+def test_direct_io_refused_by_the_file_system_falls_back_to_the_page_cache(
+        tmp_path: Path, repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transfer the file system refuses with EINVAL (as some do for O_DIRECT) is read through the cache,
+    for the rest of that file; the snapshot is the same."""
+    src = tmp_path / "src"
+    _db_like(src)
+    backup(repo, [str(src)], host="warm", parent=None, fixed_block_globs=GLOBS)
+    want = backup(repo, [str(src)], host="a", parent=None, fixed_block_globs=GLOBS, direct_io=False)
+    real_preadv = os.preadv
+    refused: list[int] = []
+
+    def preadv(fd: int, bufs: Any, off: int, *a: Any) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, bufs, off, *a)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    got = backup(repo, [str(src)], host="b", parent=None, fixed_block_globs=GLOBS, direct_io=True, read_threads=0)
+    assert got.tree == want.tree and got.stats.bytes_read_direct == 0
+    assert len(refused) == 4  # once for each file (rel, tail, sparse, small), then read through the cache
+
+
+def test_direct_io_is_not_used_for_blocks_not_aligned_to_4k(tmp_path: Path, repo: Any) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "db").write_bytes(os.urandom(1536 * 100 + 7))
+    globs = {"*": FixedBlocks(page_size=512, block_size=1536)}
+    res = backup(repo, [str(src)], host="h", parent=None, fixed_block_globs=globs, direct_io=True)
+    assert res.stats.bytes_read == 1536 * 100 + 7 and res.stats.bytes_read_direct == 0
+    out = tmp_path / "out"
+    restore(repo, res.snapshot_id, out)
+    assert (out / "db").read_bytes() == (src / "db").read_bytes()

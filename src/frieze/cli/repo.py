@@ -181,6 +181,8 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
                help="JSON file: snapshot path -> [[offset, length], ...] or null")] = None,
            threads: Annotated[int | None, typer.Option(help="worker threads (default: CPUs)")] = None,
            read_threads: Annotated[int, typer.Option(help="files read at once (0: read by the walking thread)")] = 2,
+           direct_io: Annotated[bool, typer.Option(
+               "--direct-io/--no-direct-io", help="read fixed blocks with O_DIRECT (around the page cache)")] = True,
            repo: Repo = None, password_file: PasswordFile = None, as_json: Json = False, quiet: Quiet = False,
            progress: ShowProgress = None) -> None:
     """Back up files and directories as one snapshot (unchanged files of the parent are not read again)."""
@@ -210,7 +212,8 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
     with Bar(show, "backup", force_terminal=bool(progress)) as bar:
         res = do_backup(r, list(abs_paths), host=host or default_host(), tags=list(tag or []), label=lab,
                         parent=par, changed_ranges=ranges, fixed_block_globs=globs or None,
-                        progress=bar.event if show else None, threads=threads, read_threads=read_threads)
+                        progress=bar.event if show else None, threads=threads, read_threads=read_threads,
+                        direct_io=direct_io)
     s = res.stats
     if as_json:
         emit_json({"repository": r.id, **res.to_dict()})

@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
+import functools
+import mmap
 import operator
 import os
 import stat
@@ -81,6 +84,8 @@ class BackupStats:
     files_read: int = 0
     bytes_total: int = 0
     bytes_read: int = 0
+    #: of ``bytes_read``, those read with O_DIRECT (fixed blocks: no page-cache copy, no cache pollution)
+    bytes_read_direct: int = 0
     read_calls: int = 0
     chunks: int = 0
     chunks_new: int = 0
@@ -130,6 +135,7 @@ class _Pipeline:
             (lambda: int(writer.stored_bytes)) if hasattr(writer, "stored_bytes") else None)
         self._stored_at_checkpoint = 0
         self.checkpoints = 0
+        self._checkpointing = threading.Lock()
 
     def _store(self, data: bytes | memoryview) -> tuple[bytes, bool]:
         bid = self.repo.chunk_id(data)
@@ -144,24 +150,28 @@ class _Pipeline:
         (compressed, encrypted) bytes, so a killed backup loses at most that much for the re-run to reuse.
 
         With a writer that has ``checkpoint()`` the main thread does not wait for it (the index file is
-        written once the packs are durable); with only ``flush()`` it does."""
-        if self.checkpoint_bytes <= 0:
+        written once the packs are durable); with only ``flush()`` it does. Reader threads call this
+        concurrently: one decides and starts a checkpoint at a time, the others go on without one."""
+        if self.checkpoint_bytes <= 0 or not self._checkpointing.acquire(blocking=False):
             return
-        if self._stored is not None:
-            stored = self._stored()
-            if stored - self._stored_at_checkpoint < self.checkpoint_bytes:
+        try:
+            if self._stored is not None:
+                stored = self._stored()
+                if stored - self._stored_at_checkpoint < self.checkpoint_bytes:
+                    return
+                self._stored_at_checkpoint = stored
+            else:
+                with self._lock:
+                    if self._new_since_checkpoint < self.checkpoint_bytes:
+                        return
+                    self._new_since_checkpoint = 0
+            start = getattr(self.writer, "checkpoint", None) or getattr(self.writer, "flush", None)
+            if start is None:
                 return
-            self._stored_at_checkpoint = stored
-        else:
-            if self._new_since_checkpoint < self.checkpoint_bytes:
-                return
-            with self._lock:
-                self._new_since_checkpoint = 0
-        start = getattr(self.writer, "checkpoint", None) or getattr(self.writer, "flush", None)
-        if start is None:
-            return
-        start()
-        self.checkpoints += 1
+            start()
+            self.checkpoints += 1
+        finally:
+            self._checkpointing.release()
 
     def _store_many(self, views: list[bytes | memoryview]) -> list[tuple[bytes, bool]]:
         return [self._store(v) for v in views]
@@ -224,6 +234,54 @@ class _DirWork:
     tree_id: bytes | None = None
 
 
+#: O_DIRECT transfers are aligned to this (offsets, lengths and buffer addresses); 4 KiB satisfies the logical
+#: block size of the devices and file systems here (512 or 4096).
+DIRECT_ALIGN = 4096
+
+
+class _DirectBuffers:
+    """Page-aligned, reused read buffers for O_DIRECT (anonymous ``mmap``s). A buffer goes back to the pool
+    when the pool task that hashes and stores its blocks has finished; at most ``limit`` exist, a reader waits
+    for one beyond that (they are freed by pool tasks, which never wait for readers: no deadlock)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, max(1, limit)
+        self._free: list[mmap.mmap] = []
+        self._made = 0
+        self._cond = threading.Condition()
+
+    def get(self) -> mmap.mmap:
+        with self._cond:
+            while not self._free and self._made >= self.limit:
+                self._cond.wait()
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        return mmap.mmap(-1, self.size)
+
+    def put(self, buf: mmap.mmap) -> None:
+        with self._cond:
+            self._free.append(buf)
+            self._cond.notify()
+
+
+def _give_back(pool: _DirectBuffers, buf: mmap.mmap, _fut: Future[Any]) -> None:
+    pool.put(buf)
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for an open file (Linux allows it with F_SETFL); False if refused."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | direct) if on else (flags & ~direct))
+    except OSError:
+        return False
+    return True
+
+
 class _CountingReader:
     """``readinto`` over a byte range of an fd (pread-based, so segments of sparse files work)."""
 
@@ -273,7 +331,8 @@ class _Backup:
                  fixed_block_globs: Mapping[str, int | FixedBlocks] | None,
                  progress: Throttle, bytes_total: int, files_total: int,
                  open_file: Callable[[bytes], int], readers: ThreadPoolExecutor | None = None,
-                 read_slots: int = 4, statters: ThreadPoolExecutor | None = None) -> None:
+                 read_slots: int = 4, statters: ThreadPoolExecutor | None = None,
+                 direct: _DirectBuffers | None = None) -> None:
         self.repo = repo
         self.writer = writer
         self.pipe = pipeline
@@ -285,6 +344,7 @@ class _Backup:
         self._tls = threading.local()
         self.readers = readers
         self.statters = statters
+        self.direct = direct
         self.read_slots = threading.BoundedSemaphore(max(1, read_slots))
         self._count_lock = threading.Lock()
         self.default_block = int(getattr(cfg, "block_size", 0) or 8 * cfg.page_size)
@@ -312,10 +372,12 @@ class _Backup:
             c = self._tls.cdc = CdcChunker(self.cdc_params)
         return c
 
-    def _count_read(self, n: int) -> None:
+    def _count_read(self, n: int, direct: bool = False) -> None:
         with self._count_lock:
             self.stats.bytes_read += n
             self.stats.read_calls += 1
+            if direct:
+                self.stats.bytes_read_direct += n
 
     def _reading(self, fn: Callable[..., _T], *args: Any) -> _T | Future[_T]:
         """Run a file read on a reader thread (at most ``read_slots`` queued or running), or here."""
@@ -449,13 +511,16 @@ class _Backup:
             out.append((st, xattrs))
         return out
 
-    def _prefetch(self, entries: list[tuple[bytes, bytes]], dir_fd: int | None) -> list[Future[list[_Meta]]]:
-        """Read every entry's ``lstat`` and xattrs on the stat threads, :attr:`STAT_BATCH` entries per task:
-        on a cold cache each is a disk read, and many in flight at once cost little more than one."""
+    def _prefetch(self, entries: list[tuple[bytes, bytes]], dir_fd: int | None,
+                  into: list[Future[list[_Meta]]]) -> None:
+        """Read every entry's ``lstat`` and xattrs on the stat threads, :attr:`STAT_BATCH` entries per task
+        (futures appended to ``into`` one by one, so the caller waits for every one submitted, even if a
+        later submit fails): on a cold cache each is a disk read, and many in flight cost little more than one."""
         if self.statters is None or len(entries) < 2:
-            return []
+            return
         b = self.STAT_BATCH
-        return [self.statters.submit(self._stat_batch, entries[i:i + b], dir_fd) for i in range(0, len(entries), b)]
+        for i in range(0, len(entries), b):
+            into.append(self.statters.submit(self._stat_batch, entries[i:i + b], dir_fd))
 
     #: Directories walked but not finished that the walk keeps before it waits for the oldest: the walk goes on
     #: into the next directories while the last ones' files are still read and stored.
@@ -464,8 +529,9 @@ class _Backup:
     def entries_tree(self, entries: list[tuple[bytes, bytes]], rel: str, parent_tree: bytes | None,
                      dir_fd: int | None = None) -> _DirWork:
         dw = _DirWork(self.parent_dir(parent_tree))
-        metas = self._prefetch(entries, dir_fd)
+        metas: list[Future[list[_Meta]]] = []
         try:
+            self._prefetch(entries, dir_fd, metas)
             for i, (name, path) in enumerate(entries):
                 child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
                 meta = metas[i // self.STAT_BATCH].result()[i % self.STAT_BATCH] if metas else None
@@ -690,12 +756,12 @@ class _Backup:
             finally:
                 self._note_change(fd, rel, st)
                 os.close(fd)
-            with self._count_lock:
-                self.stats.files_read += 1
             self._count_read(len(data))
             if len(data) > self.cdc_params.min_size:
                 out.append(self._read_full(path, rel, st, node, None))  # grew: read it again, cut normally
                 continue
+            with self._count_lock:
+                self.stats.files_read += 1
             node.size = len(data)
             if data:
                 out.append(len(datas))
@@ -712,7 +778,11 @@ class _Backup:
         except OSError as e:
             self.stats.warnings.append(f"{rel}: cannot open: {e.strerror}")
             return None
-        fst = os.fstat(fd)
+        try:
+            fst = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             os.close(fd)
             self.stats.warnings.append(f"{rel}: replaced during backup")
@@ -823,19 +893,52 @@ class _Backup:
         starts = [a for a, _ in segs] if segs is not None else []
         per_read = max(1, self.FIXED_READ_BYTES // bs)
         run: list[int] = []
+        pool = self.direct if self.direct is not None and bs % DIRECT_ALIGN == 0 and size else None
+        direct = pool is not None and per_read * bs <= pool.size and _set_direct(fd, True)
+
+        def read(off: int, want: int) -> tuple[bytes | memoryview, mmap.mmap | None]:
+            """``want`` bytes at ``off``: O_DIRECT into a pooled buffer when the file allows it, else ``pread``."""
+            nonlocal direct
+            if direct:
+                assert pool is not None
+                buf = pool.get()
+                try:
+                    n = os.preadv(fd, [memoryview(buf)[:-(-want // DIRECT_ALIGN) * DIRECT_ALIGN]], off)
+                except OSError as e:
+                    pool.put(buf)
+                    if e.errno != errno.EINVAL:
+                        raise
+                    direct = False  # the file system refused this transfer: buffered from here on
+                    _set_direct(fd, False)
+                else:
+                    self._count_read(min(n, want), direct=True)
+                    if n < want:
+                        pool.put(buf)
+                        raise OSError(errno.EIO, f"short read at {off} (file shrank?)")
+                    return memoryview(buf)[:want], buf
+            data = os.pread(fd, want, off)
+            self._count_read(len(data))
+            if len(data) != want:
+                raise OSError(errno.EIO, f"short read at {off} (file shrank?)")
+            return data, None
 
         def flush() -> None:
             if not run:
                 return
             off = run[0] * bs
             want = min(len(run) * bs, size - off)
-            data = os.pread(fd, want, off)
-            self._count_read(len(data))
-            if len(data) != want:
-                raise OSError(errno.EIO, f"short read at {off} (file shrank?)")
+            data, buf = read(off, want)
             mv = memoryview(data)
             views: list[bytes | memoryview] = [mv[j * bs:min((j + 1) * bs, want)] for j in range(len(run))]
-            fut = self.pipe.submit_many(views)
+            try:
+                fut = self.pipe.submit_many(views)
+            except BaseException:
+                if buf is not None and pool is not None:
+                    pool.put(buf)
+                raise
+            if buf is not None and pool is not None:
+                # reused once the task that hashes and stores these views is done (no view outlives it)
+                fut.add_done_callback(functools.partial(_give_back, pool, buf))
             for j, i in enumerate(run):
                 out[i] = (fut, len(views[j]), j)
             run.clear()
@@ -899,13 +1002,16 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
            fixed_block_globs: Mapping[str, int | FixedBlocks] | None = None,
            progress: ProgressCallback | None = None, threads: int | None = None,
            lease_s: float = 300.0, checkpoint_bytes: int | None = None,
-           open_file: Callable[[bytes], int] = _open_source, read_threads: int = 2) -> BackupResult:
+           open_file: Callable[[bytes], int] = _open_source, read_threads: int = 2,
+           direct_io: bool = True) -> BackupResult:
     """Back up ``paths`` as one snapshot and commit it; see the module docstring for the rules.
 
     ``checkpoint_bytes`` (default: 4 packs' worth) bounds what a killed backup leaves unindexed: after that
     much new data the writer is flushed (packs durable and indexed), so a re-run reuses it; 0 disables.
     ``open_file`` opens a source file for reading (tests count opens through it). ``read_threads`` files
-    are read at once (0: the walking thread reads them itself).
+    are read at once (0: the walking thread reads them itself). ``direct_io``: fixed blocks are read with
+    O_DIRECT where the file system allows it (no copy through the page cache, and the application's cache is
+    not evicted by the backup); a file that refuses it is read through the cache.
     """
     t0 = time.monotonic()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))  # three frames per directory level
@@ -929,15 +1035,19 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
     with repo.writer(host=host, lease_s=lease_s) as writer:
         if checkpoint_bytes is None:
             checkpoint_bytes = 4 * int(getattr(repo.config, "pack_size", 16 << 20))
-        pipe = _Pipeline(repo, writer, threads or os.cpu_count() or 2, checkpoint_bytes)
+        nthreads = threads or os.cpu_count() or 2
+        pipe = _Pipeline(repo, writer, nthreads, checkpoint_bytes)
         readers = (ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="frieze-read")
                    if read_threads > 0 else None)
+        # one buffer per pool task that may be queued or running, one per reader filling one, and a spare
+        direct = (_DirectBuffers(_Backup.FIXED_READ_BYTES, 4 * nthreads + max(1, read_threads) + 1)
+                  if direct_io else None)
         statters = (ThreadPoolExecutor(max_workers=4 * read_threads, thread_name_prefix="frieze-stat")
                     if read_threads > 0 else None)
         try:
             b = _Backup(repo, writer, pipe, changed_ranges=changed_ranges, fixed_block_globs=fixed_block_globs,
                         progress=throttle, bytes_total=bytes_total, files_total=files_total, open_file=open_file,
-                        readers=readers, read_slots=2 * read_threads, statters=statters)
+                        readers=readers, read_slots=2 * read_threads, statters=statters, direct=direct)
             if single_dir:
                 root = b.dir_tree(bpaths[0], "", parent_tree, os.lstat(bpaths[0]))
             else:
