@@ -335,3 +335,31 @@ def test_direct_io_is_not_used_for_blocks_not_aligned_to_4k(tmp_path: Path, repo
     out = tmp_path / "out"
     restore(repo, res.snapshot_id, out)
     assert (out / "db").read_bytes() == (src / "db").read_bytes()
+
+
+def test_an_unreadable_parent_tree_means_reading_its_files_again(
+        tmp_path: Path, repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parent tree that fails to read (here: authentication) is a warning, and that directory's files are
+    read again; the snapshot is the one a backup without parent makes."""
+    from frieze.core.errors import IntegrityError
+    from frieze.repo.tree import decode_tree
+
+    src = tmp_path / "src"
+    _mixed_tree(src)
+    first = backup(repo, [str(src)], host="h")
+    bad = next(n.subtree for n in decode_tree(repo.read_blob(first.tree), first.tree) if n.name == b"d3")
+    real_read = repo.read_blob
+
+    def read_blob(blob_id: bytes, *a: Any, **k: Any) -> bytes:
+        if blob_id == bad:
+            raise IntegrityError(f"blob {blob_id.hex()}: authentication failed (damaged, swapped or forged)")
+        return real_read(blob_id, *a, **k)
+
+    monkeypatch.setattr(repo, "read_blob", read_blob)
+    second = backup(repo, [str(src)], host="h", read_threads=2)
+    assert [w for w in second.stats.warnings if "parent tree" in w and "unreadable" in w]
+    d3_files = sum(1 for p in (src / "d3").rglob("*") if p.is_file())
+    assert second.stats.files_read == d3_files  # d3's files read again, every other file reused
+    monkeypatch.setattr(repo, "read_blob", real_read)
+    fresh = backup(repo, [str(src)], host="h", parent=None)
+    assert second.tree == fresh.tree
