@@ -44,7 +44,7 @@ def take_snapshot(plugin: MariaDBPlugin, spec: AppSpec, dst: Path, epoch: int,
     res = plugin.unquiesce(spec, epoch=epoch)
     assert res.changed, res.message
     if w is not None:
-        assert w.log.ended_between(t1, t2) == 0, "a transfer committed while BACKUP STAGE BLOCK_COMMIT was held"
+        assert w.log.ended_during_hold(t1, t2) == 0, "a transfer committed while BACKUP STAGE BLOCK_COMMIT was held"
     return {**h.info, **res.info}
 
 
