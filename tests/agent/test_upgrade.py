@@ -67,7 +67,10 @@ def test_upgrade_and_rollback(tmp_path: Path, pki: PKI) -> None:
         h = wait_health(a.state, a.proc, version="0.1.1")
         assert h["pid"] != pid_before
         assert (root / "current").is_symlink() and (root / "current").resolve().name.startswith("0.1.1-")
-        assert not (root / "upgrade.json").exists()  # accepted
+        deadline = time.monotonic() + 20  # accepted: the new agent removes the marker once it is healthy
+        while (root / "upgrade.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (root / "upgrade.json").exists()
         with a.client() as c:
             v = c.version()
             assert v.current and "0.1.1" in v.current
