@@ -193,6 +193,10 @@ def test_cancel_after_the_final_checkpoint_is_too_late(mk: MakeEngine, ledger: L
     op = e.submit("five", {"ledger": ledger.path, "tag": "late"})
     st = e.wait(op, 30)
     assert st.state == OpState.COMPLETE and not st.cancel_requested
+    # the hook runs on the worker thread after c5 is durable, so wait() may see COMPLETE before the hook has run
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(seen) == 1 and isinstance(seen[0], OpFinished)
     assert ledger.effects_of(op) == expected_effects()
     with pytest.raises(OpFinished, match="already complete"):
