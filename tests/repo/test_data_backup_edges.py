@@ -179,6 +179,37 @@ def test_directory_swapped_for_a_symlink_mid_walk_is_not_followed(tmp_path: Path
     assert [e.path for e in ls(repo, res.snapshot_id, "", recursive=True)] == ["a"]
 
 
+@pytest.mark.parametrize("read_threads", [0, 2])
+def test_small_file_that_grows_past_the_chunker_minimum_while_read(
+        tmp_path: Path, repo: Any, read_threads: int) -> None:
+    """A file stat'ed below the chunker's minimum (one chunk, read in one ``pread``; in a batch on reader threads)
+    that a writer grows past it before the read is cut normally: its whole new content is stored, read once
+    counted once, with a "changed while it was read" warning; the small file beside it is unaffected."""
+    src = tmp_path / "src"
+    src.mkdir()
+    small = os.urandom(1000)
+    (src / "grows").write_bytes(small)
+    (src / "stays").write_bytes(b"s" * 500)
+    extra = os.urandom(200_000)  # far past the minimum (16 KiB here): several chunks
+
+    def opener(path: bytes) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        if path.endswith(b"/grows") and os.fstat(fd).st_size == len(small):
+            with open(path, "ab") as f:
+                f.write(extra)
+        return fd
+
+    res = backup(repo, [str(src)], host="h", open_file=opener, read_threads=read_threads)
+    assert any("grows" in w and "changed while it was read" in w for w in res.stats.warnings), res.stats.warnings
+    assert res.stats.files_read == 2
+    node, _ = resolve(repo, res.tree, "grows")
+    assert node is not None and node.size == len(small) + len(extra) and len(node.extents) > 1
+    out = tmp_path / "out"
+    restore(repo, res.snapshot_id, out)
+    assert (out / "grows").read_bytes() == small + extra
+    assert (out / "stays").read_bytes() == b"s" * 500
+
+
 def _mixed_tree(src: Path) -> None:
     """Small and large files over several directories, a hard-linked pair, a symlink, an empty file."""
     rnd = itertools.count()

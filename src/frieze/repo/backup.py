@@ -372,6 +372,10 @@ class _Backup:
             c = self._tls.cdc = CdcChunker(self.cdc_params)
         return c
 
+    def _count_file(self) -> None:
+        with self._count_lock:
+            self.stats.files_read += 1
+
     def _count_read(self, n: int, direct: bool = False) -> None:
         with self._count_lock:
             self.stats.bytes_read += n
@@ -734,12 +738,12 @@ class _Backup:
         fut = self._reading(self._read_small, batch)
         assert isinstance(fut, Future)
         for *_rest, place in batch:
-            place.fut = fut  # type: ignore[assignment]
+            place.fut = fut
 
     def _read_small(self, batch: list[tuple[bytes, str, os.stat_result, Node, _Batched]]
                     ) -> list[list[_Pending] | None]:
         """Reader thread: read each small file with one ``pread``; store all their chunks with one pool task.
-        A file that grew past the chunker's minimum meanwhile is cut as usual (:meth:`_read_full`)."""
+        A file that grew since its lstat is read again to its end and cut as usual (:meth:`_read_full`)."""
         out: list[list[_Pending] | int | None] = []
         datas: list[bytes | memoryview] = []
         for path, rel, st, node, _place in batch:
@@ -748,7 +752,7 @@ class _Backup:
                 out.append(None)
                 continue
             try:
-                data = os.pread(fd, st.st_size + 1, 0)
+                data = self._pread_small(fd, node, st.st_size)
             except OSError as e:
                 self.stats.warnings.append(f"{rel}: read failed: {e.strerror}")
                 out.append(None)
@@ -756,13 +760,10 @@ class _Backup:
             finally:
                 self._note_change(fd, rel, st)
                 os.close(fd)
-            self._count_read(len(data))
-            if len(data) > self.cdc_params.min_size:
-                out.append(self._read_full(path, rel, st, node, None))  # grew: read it again, cut normally
+            if data is None:
+                out.append(self._read_full(path, rel, st, node, None))  # grew: read it again to its end, cut
                 continue
-            with self._count_lock:
-                self.stats.files_read += 1
-            node.size = len(data)
+            self._count_file()
             if data:
                 out.append(len(datas))
                 datas.append(data)
@@ -794,8 +795,7 @@ class _Backup:
         fd = self._open(path, rel, st)
         if fd is None:
             return None
-        with self._count_lock:
-            self.stats.files_read += 1
+        self._count_file()
         try:
             if spec is not None:
                 return self._read_fixed_fd(fd, rel, st, node, spec, None, None)
@@ -803,13 +803,10 @@ class _Backup:
             segs = data_segments(fd, size) if is_probably_sparse(st) else None
             out: list[_Pending] = []
             if segs is None and size < self.cdc_params.min_size:
-                # Small file: one pread (CDC never cuts at or below min_size, so this is its one chunk).
-                data = os.pread(fd, size + 1, 0)
-                self._count_read(len(data))
-                if len(data) <= self.cdc_params.min_size:
-                    node.size = len(data)
+                data = self._pread_small(fd, node, size)
+                if data is not None:
                     return [(self.pipe.submit(data), len(data), 0)] if data else []
-                # It grew past min_size meanwhile: cut it normally below.
+                # It grew meanwhile: cut it to its end below.
             if segs is None:
                 out.extend(self._cut(fd, 0, None))
             else:
@@ -829,6 +826,17 @@ class _Backup:
         finally:
             self._note_change(fd, rel, st)
             os.close(fd)
+
+    def _pread_small(self, fd: int, node: Node, size: int) -> bytes | None:
+        """A file below the chunker's minimum, read with one ``pread`` (CDC never cuts at or below ``min_size``,
+        so it is one chunk) and ``node.size`` set; None if it grew since its ``lstat`` (the caller then reads it
+        to its end and cuts it as usual, rather than keep its first ``size + 1`` bytes)."""
+        data = os.pread(fd, size + 1, 0)
+        self._count_read(len(data))
+        if len(data) > size:
+            return None
+        node.size = len(data)
+        return data
 
     def _note_change(self, fd: int, rel: str, st: os.stat_result) -> None:
         """Warn (the content is kept as read) when a file changed while it was being read."""
