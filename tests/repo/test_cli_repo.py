@@ -394,3 +394,18 @@ def test_relative_paths_resolve_against_the_working_directory(repo1: tuple[Path,
     e = fails(tmp, 3, "not_found", "snapshots", cwd=tmp, FRIEZE_REPO="rel/repo")
     assert str(tmp / "rel" / "repo") in e["message"]
     assert not (tmp / "rel").exists()
+
+
+def test_names_are_printed_as_they_are(repo1: tuple[Path, Path, str]) -> None:
+    """File names that look like markup or emoji codes reach the human output unchanged."""
+    tmp, repo, _sid = repo1
+    src = tmp / "odd-names"
+    src.mkdir()
+    names = [":smile:", "[bold]x", ":thumbs_up: and [red]"]
+    for n in names:
+        (src / n).write_text(n)
+    sid = js(tmp, "backup", str(src), "--repo", str(repo))["snapshot"]
+    listed = run(tmp, "ls", sid, "--repo", str(repo)).stdout
+    for n in names:
+        assert n in listed, (n, listed)
+    assert "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in listed

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="Benchmarks: figures and ratios against restic and borg, side by side.", no_args_is_help=True)
-_err = Console(stderr=True)
+_err = Console(stderr=True, emoji=False)
 
 
 @app.command("repo")

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from frieze.core.errors import FriezeError, TransientStorageError, UsageError, all_error_classes
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 FINAL = ("complete", "failed", "canceled")
 

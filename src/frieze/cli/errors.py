@@ -10,7 +10,7 @@ from rich.console import Console
 
 from frieze.core.errors import FriezeError
 
-_err = Console(stderr=True)
+_err = Console(stderr=True, emoji=False)
 
 
 def fail(exc: FriezeError, *, as_json: bool = False) -> NoReturn:

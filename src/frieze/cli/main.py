@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# typer builds its option parsers with pydantic, whose first use scans every installed distribution's entry
+# points for pydantic plugins (~30 ms per run); frieze uses none
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer
 

@@ -55,8 +55,8 @@ from frieze.core.errors import (
     UsageError,
 )
 
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -306,7 +306,8 @@ class Bar:
     def __init__(self, enabled: bool, description: str, force_terminal: bool = False) -> None:
         self.enabled = enabled
         self.description = description
-        self._console = Console(stderr=True, force_terminal=True) if force_terminal and not err.is_terminal else err
+        self._console = (Console(stderr=True, force_terminal=True, emoji=False)
+                         if force_terminal and not err.is_terminal else err)
         self._prog: Progress | None = None
         self._task: TaskID | None = None
 
