@@ -394,3 +394,64 @@ def test_an_unreadable_parent_tree_means_reading_its_files_again(
     monkeypatch.setattr(repo, "read_blob", real_read)
     fresh = backup(repo, [str(src)], host="h", parent=None)
     assert second.tree == fresh.tree
+
+
+def _restore_source(src: Path) -> None:
+    """Files whose runs have unaligned heads and tails (content-defined chunks), a fixed-block file with a
+    tail that is not a multiple of 4 KiB, a sparse file with data at unaligned offsets, and small files."""
+    src.mkdir()
+    (src / "cdc.bin").write_bytes(os.urandom(9 << 20) + b"tail-not-aligned")
+    (src / "db").mkdir()
+    (src / "db" / "rel").write_bytes(os.urandom((6 << 20) + 12345))
+    with open(src / "sparse.img", "wb") as f:
+        f.truncate(48 << 20)
+        f.seek((3 << 20) + 777)
+        f.write(os.urandom(5 << 20))
+        f.seek(40 << 20)
+        f.write(os.urandom(70_000))
+    (src / "small").write_bytes(b"s" * 3000)
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_restore_with_and_without_direct_io_writes_the_same_bytes(tmp_path: Path, repo: Any, direct_io: bool) -> None:
+    """Long runs go around the page cache (their aligned middles; heads, tails and short runs through it) and
+    the restored files are byte for byte the source, holes included; with direct_io=False nothing is direct."""
+    src = tmp_path / "src"
+    _restore_source(src)
+    res = backup(repo, [str(src)], host="h", fixed_block_globs={"db/**": FixedBlocks(8192, 65536)})
+    out = tmp_path / "out"
+    r = restore(repo, res.snapshot_id, out, direct_io=direct_io)
+    for p in src.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p
+    assert os.stat(out / "sparse.img").st_blocks * 512 < 20 << 20  # the holes stay holes
+    if direct_io and _direct_io_works(tmp_path):
+        assert r.stats.bytes_written_direct > (8 << 20), r.stats
+    elif not direct_io:
+        assert r.stats.bytes_written_direct == 0
+
+
+def test_restore_falls_back_to_the_page_cache_when_direct_writes_are_refused(
+        tmp_path: Path, repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses an O_DIRECT write (EINVAL) gets the same bytes through the page cache."""
+    if not _direct_io_works(tmp_path):
+        pytest.skip("O_DIRECT is not supported where the tests run")
+    src = tmp_path / "src"
+    _restore_source(src)
+    res = backup(repo, [str(src)], host="h", fixed_block_globs={"db/**": FixedBlocks(8192, 65536)})
+    real = os.pwritev
+    refused: list[int] = []
+
+    def pwritev(fd: int, bufs: Any, off: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, bufs, off)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    out = tmp_path / "out"
+    r = restore(repo, res.snapshot_id, out)
+    assert refused and r.stats.bytes_written_direct == 0
+    for p in src.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p

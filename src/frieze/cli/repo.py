@@ -244,6 +244,8 @@ def restore(snapshot: Annotated[str | None, typer.Argument(help="id, prefix, lat
             verify: Annotated[bool, typer.Option(help="write nothing: compare the target with the snapshot")] = False,
             allow_devices: Annotated[bool, typer.Option(help="create device files (needs privilege)")] = False,
             threads: Annotated[int | None, typer.Option(help="worker threads (default: CPUs)")] = None,
+            direct_io: Annotated[bool, typer.Option(
+                "--direct-io/--no-direct-io", help="write long runs of large files with O_DIRECT")] = True,
             repo: Repo = None, password_file: PasswordFile = None, as_json: Json = False, quiet: Quiet = False,
             progress: ShowProgress = None) -> None:
     """Restore a snapshot, or chosen paths of it, into a target directory (never writes outside it)."""
@@ -268,7 +270,8 @@ def restore(snapshot: Annotated[str | None, typer.Argument(help="id, prefix, lat
     try:
         with Bar(show, "verify" if verify else "restore", force_terminal=bool(progress)) as bar:
             res = do_restore(r, ref, tgt, paths=list(paths) if paths else None, verify=verify,
-                             allow_devices=allow_devices, threads=threads, progress=bar.event if show else None)
+                             allow_devices=allow_devices, threads=threads, progress=bar.event if show else None,
+                             direct_io=direct_io)
     except BaseException:
         if created and os.path.isdir(tgt) and not os.listdir(tgt):
             os.rmdir(tgt)  # a refused restore leaves no trace (an empty target it created itself)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import fcntl
 import functools
 import mmap
 import operator
@@ -50,6 +49,7 @@ from typing import Any, TypeVar
 from frieze.core.errors import FriezeError, NotFound, UsageError
 from frieze.repo.chunking import CdcChunker, CdcParams, FixedBlocks, fixed_block_spec_for
 from frieze.repo.dataport import RepoLike, WriterLike
+from frieze.repo.directio import DIRECT_ALIGN, DirectBuffers, give_back, set_direct
 from frieze.repo.fsmeta import data_segments, is_probably_sparse, node_from_stat, read_xattrs
 from frieze.repo.progress import ProgressCallback, Throttle
 from frieze.repo.tree import (
@@ -234,54 +234,6 @@ class _DirWork:
     tree_id: bytes | None = None
 
 
-#: O_DIRECT transfers are aligned to this (offsets, lengths and buffer addresses); 4 KiB satisfies the logical
-#: block size of the devices and file systems here (512 or 4096).
-DIRECT_ALIGN = 4096
-
-
-class _DirectBuffers:
-    """Page-aligned, reused read buffers for O_DIRECT (anonymous ``mmap``s). A buffer goes back to the pool
-    when the pool task that hashes and stores its blocks has finished; at most ``limit`` exist, a reader waits
-    for one beyond that (they are freed by pool tasks, which never wait for readers: no deadlock)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        self.size, self.limit = size, max(1, limit)
-        self._free: list[mmap.mmap] = []
-        self._made = 0
-        self._cond = threading.Condition()
-
-    def get(self) -> mmap.mmap:
-        with self._cond:
-            while not self._free and self._made >= self.limit:
-                self._cond.wait()
-            if self._free:
-                return self._free.pop()
-            self._made += 1
-        return mmap.mmap(-1, self.size)
-
-    def put(self, buf: mmap.mmap) -> None:
-        with self._cond:
-            self._free.append(buf)
-            self._cond.notify()
-
-
-def _give_back(pool: _DirectBuffers, buf: mmap.mmap, _fut: Future[Any]) -> None:
-    pool.put(buf)
-
-
-def _set_direct(fd: int, on: bool) -> bool:
-    """Turn O_DIRECT on or off for an open file (Linux allows it with F_SETFL); False if refused."""
-    direct = getattr(os, "O_DIRECT", 0)
-    if not direct:
-        return False
-    try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | direct) if on else (flags & ~direct))
-    except OSError:
-        return False
-    return True
-
-
 class _CountingReader:
     """``readinto`` over a byte range of an fd (pread-based, so segments of sparse files work)."""
 
@@ -332,7 +284,7 @@ class _Backup:
                  progress: Throttle, bytes_total: int, files_total: int,
                  open_file: Callable[[bytes], int], readers: ThreadPoolExecutor | None = None,
                  read_slots: int = 4, statters: ThreadPoolExecutor | None = None,
-                 direct: _DirectBuffers | None = None) -> None:
+                 direct: DirectBuffers | None = None) -> None:
         self.repo = repo
         self.writer = writer
         self.pipe = pipeline
@@ -902,7 +854,7 @@ class _Backup:
         per_read = max(1, self.FIXED_READ_BYTES // bs)
         run: list[int] = []
         pool = self.direct if self.direct is not None and bs % DIRECT_ALIGN == 0 and size else None
-        direct = pool is not None and per_read * bs <= pool.size and _set_direct(fd, True)
+        direct = pool is not None and per_read * bs <= pool.size and set_direct(fd, True)
 
         def read(off: int, want: int) -> tuple[bytes | memoryview, mmap.mmap | None]:
             """``want`` bytes at ``off``: O_DIRECT into a pooled buffer when the file allows it, else ``pread``."""
@@ -917,7 +869,7 @@ class _Backup:
                     if e.errno != errno.EINVAL:
                         raise
                     direct = False  # the file system refused this transfer: buffered from here on
-                    _set_direct(fd, False)
+                    set_direct(fd, False)
                 else:
                     self._count_read(min(n, want), direct=True)
                     if n < want:
@@ -946,7 +898,7 @@ class _Backup:
                 raise
             if buf is not None and pool is not None:
                 # reused once the task that hashes and stores these views is done (no view outlives it)
-                fut.add_done_callback(functools.partial(_give_back, pool, buf))
+                fut.add_done_callback(functools.partial(give_back, pool, buf))
             for j, i in enumerate(run):
                 out[i] = (fut, len(views[j]), j)
             run.clear()
@@ -1048,7 +1000,7 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
         readers = (ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="frieze-read")
                    if read_threads > 0 else None)
         # one buffer per pool task that may be queued or running, one per reader filling one, and a spare
-        direct = (_DirectBuffers(_Backup.FIXED_READ_BYTES, 4 * nthreads + max(1, read_threads) + 1)
+        direct = (DirectBuffers(_Backup.FIXED_READ_BYTES, 4 * nthreads + max(1, read_threads) + 1)
                   if direct_io else None)
         statters = (ThreadPoolExecutor(max_workers=4 * read_threads, thread_name_prefix="frieze-stat")
                     if read_threads > 0 else None)

@@ -33,13 +33,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from frieze.core.errors import FriezeError, IntegrityError, NotFound, StorageError, UsageError
 from frieze.repo.dataport import RepoLike
+from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, DirectBuffers, reopen_direct
 from frieze.repo.pack import pack_key
 from frieze.repo.progress import ProgressCallback, Throttle
 from frieze.repo.tree import Node, NodeType, check_name, decode_tree, split_link_path
@@ -55,9 +56,13 @@ _GAP = 256 << 10
 _SPAN = 8 << 20
 _RAW_SPAN = 16 << 20
 _IOV_MAX = 1024
+#: A run of a file with many blobs whose 4 KiB-aligned middle is at least this long is written with O_DIRECT
+#: (when ``direct_io`` and the file system allow it); its unaligned head and tail, and shorter runs, go through
+#: the page cache. Files of one blob always do.
+DIRECT_MIN = 1 << 20
 
 
-def _write_all(fd: int, datas: list[bytes], off: int) -> None:
+def _write_all(fd: int, datas: Sequence[bytes | memoryview], off: int) -> None:
     """Write the buffers back to back at ``off`` (``pwritev``, short writes resumed)."""
     bufs: list[memoryview] = [memoryview(d) for d in datas]
     i = 0
@@ -89,6 +94,8 @@ class RestoreStats:
     special: int = 0
     skipped: int = 0
     bytes_written: int = 0
+    #: of bytes_written, those written with O_DIRECT (around the page cache)
+    bytes_written_direct: int = 0
     bytes_verified: int = 0
     mismatches: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -127,7 +134,7 @@ def _split_rel(path: str) -> list[bytes]:
 class _Restorer:
     def __init__(self, repo: RepoLike, root_tree: bytes, target_fd: int, *, owners: bool, allow_devices: bool,
                  xattrs: bool, max_file_size: int, threads: int, verify: bool, throttle: Throttle,
-                 bytes_total: int) -> None:
+                 bytes_total: int, direct_io: bool = True) -> None:
         self.repo = repo
         self.root_tree = root_tree
         self.target_fd = target_fd
@@ -139,7 +146,12 @@ class _Restorer:
         self.stats = RestoreStats()
         # Blob reads (decrypt + decompress + verify) on one pool; whole files on another, so that a file
         # worker waiting for its blobs never starves the blob pool (no deadlock).
-        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="frieze-restore-blob")
+        # With O_DIRECT a job also waits for its write to reach the device: twice the workers keep the cores busy
+        # meanwhile. Each job holds at most one direct buffer, so there are as many as workers (none waits).
+        direct = direct_io and bool(O_DIRECT) and not verify
+        blob_workers = max(1, threads) * (2 if direct else 1)
+        self.direct = DirectBuffers(_RAW_SPAN + DIRECT_ALIGN, blob_workers) if direct else None
+        self.pool = ThreadPoolExecutor(max_workers=blob_workers, thread_name_prefix="frieze-restore-blob")
         self.files_pool = ThreadPoolExecutor(max_workers=max(2, threads), thread_name_prefix="frieze-restore-file")
         self.file_slots = threading.BoundedSemaphore(2 * max(2, threads) + 2)
         self.file_futs: list[Future[None]] = []
@@ -549,12 +561,12 @@ class _Restorer:
                 if f is not None:
                     f.cancel()
 
-    def _write_content(self, fd: int, node: Node) -> None:
+    def _write_content(self, fd: int, node: Node, dfd: int | None = None) -> None:
         """Write a file's blobs into ``fd`` (a new temporary file). A file of one blob is read and written in
         this thread; otherwise each run (:meth:`_plan`) is fetched, verified *and written at its offset* by a
         pool job, so the copies into the page cache of one large file run on every core. At most
         :attr:`window` runs are in flight (3 with ranged reads); every job has ended before this returns, so
-        none writes to ``fd`` once it is closed."""
+        none writes to ``fd`` once it is closed. ``dfd``: the same file open with O_DIRECT, for long runs."""
         if len(node.extents) <= 1:
             for off, ln, datas in self.runs(node):
                 if datas is not None:
@@ -573,7 +585,7 @@ class _Restorer:
                 lengths = [next(exts).length for _ in items]
                 while len(inflight) >= window:
                     inflight.popleft().result()
-                inflight.append(self.pool.submit(self._fetch_write, fd, off, ln, items, lengths))
+                inflight.append(self.pool.submit(self._fetch_write, fd, off, ln, items, lengths, dfd))
             while inflight:
                 inflight.popleft().result()
         finally:
@@ -581,8 +593,10 @@ class _Restorer:
                 f.cancel()
             wait(inflight)
 
-    def _fetch_write(self, fd: int, off: int, ln: int, items: list[Any], lengths: list[int]) -> None:
-        """Pool job: fetch and verify one run (:meth:`_fetch`), check each blob has its extent's length, write it."""
+    def _fetch_write(self, fd: int, off: int, ln: int, items: list[Any], lengths: list[int],
+                     dfd: int | None = None) -> None:
+        """Pool job: fetch and verify one run (:meth:`_fetch`), check each blob has its extent's length, write it
+        (its aligned middle through ``dfd`` with O_DIRECT, when given and long enough)."""
         datas = self._fetch(items)
         pos = off
         for k, (data, want) in enumerate(zip(datas, lengths, strict=True)):
@@ -590,9 +604,63 @@ class _Restorer:
                 bid = items[k].hex() if isinstance(items[k], bytes) else items[k].blob_id.hex()
                 raise IntegrityError(f"blob {bid} has {len(data)} bytes, the tree says {want}", offset=pos, blob=bid)
             pos += want
-        _write_all(fd, datas, off)
+        if dfd is None:
+            _write_all(fd, datas, off)
+            direct = 0
+        else:
+            direct = self._write_direct(fd, dfd, datas, off, ln)
         with self.lock:
             self.stats.bytes_written += ln
+            self.stats.bytes_written_direct += direct
+
+    def _write_direct(self, fd: int, dfd: int, datas: list[bytes], off: int, ln: int) -> int:
+        """Write the run ``datas`` (``ln`` bytes at ``off``): the 4 KiB-aligned middle copied into a pooled
+        aligned buffer and written through ``dfd`` (O_DIRECT), the unaligned head and tail through ``fd`` (the
+        page cache; no page is written both ways). Returns the bytes written direct. A run too short, or a
+        transfer the file system refuses (EINVAL), is written through ``fd`` instead."""
+        a = -(-off // DIRECT_ALIGN) * DIRECT_ALIGN
+        b = (off + ln) // DIRECT_ALIGN * DIRECT_ALIGN
+        pool = self.direct
+        if pool is None or b - a < DIRECT_MIN or b - a > pool.size:
+            _write_all(fd, datas, off)
+            return 0
+        head: list[memoryview] = []
+        tail: list[memoryview] = []
+        buf = pool.get()
+        try:
+            mv = memoryview(buf)
+            w, pos = 0, off
+            for d in datas:
+                dv, end = memoryview(d), pos + len(d)
+                if pos < a:
+                    head.append(dv[:min(end, a) - pos])
+                lo, hi = max(pos, a), min(end, b)
+                if lo < hi:
+                    mv[w:w + hi - lo] = dv[lo - pos:hi - pos]
+                    w += hi - lo
+                if end > b:
+                    tail.append(dv[max(pos, b) - pos:])
+                pos = end
+            n = 0
+            try:
+                while n < w:
+                    k = os.pwritev(dfd, [mv[n:w]], a + n)
+                    if k <= 0 or k % DIRECT_ALIGN:
+                        n += max(k, 0)
+                        break
+                    n += k
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+            if n < w:  # refused, or a short transfer: the rest through the page cache
+                _write_all(fd, [mv[n:w]], a + n)
+        finally:
+            pool.put(buf)
+        if head:
+            _write_all(fd, head, off)
+        if tail:
+            _write_all(fd, tail, b)
+        return n
 
     def restore_file(self, dir_fd: int, node: Node, rel: bytes) -> None:
         if self.verify:
@@ -603,7 +671,13 @@ class _Restorer:
                      0o600, dir_fd=dir_fd)
         try:
             try:
-                self._write_content(fd, node)
+                dfd = (reopen_direct(fd) if self.direct is not None and len(node.extents) > 1
+                       and node.size >= DIRECT_MIN else None)
+                try:
+                    self._write_content(fd, node, dfd)
+                finally:
+                    if dfd is not None:
+                        os.close(dfd)
                 os.ftruncate(fd, node.size)
                 self.apply_meta(fd, dir_fd, node.name, node)
             finally:
@@ -688,12 +762,15 @@ class _Restorer:
 def restore(repo: RepoLike, snapshot: str, target: str | os.PathLike[str], *, paths: list[str] | None = None,
             owners: bool | None = None, allow_devices: bool = False, xattrs: bool = True,
             max_file_size: int = DEFAULT_MAX_FILE_SIZE, threads: int | None = None, verify: bool = False,
-            progress: ProgressCallback | None = None) -> RestoreResult:
+            progress: ProgressCallback | None = None, direct_io: bool = True) -> RestoreResult:
     """Restore ``snapshot`` (id, prefix or "latest") into ``target`` (created if missing), or only the
     snapshot paths in ``paths`` (each kept at its own path below ``target``). See the module docstring.
 
     ``verify=True`` writes nothing: it compares the target's files with the snapshot and lists every
     difference in ``stats.mismatches``.
+
+    ``direct_io``: long runs of files of many blobs are written with O_DIRECT where the file system allows it
+    (``stats.bytes_written_direct``), around the page cache; the rest, and everything when False, through it.
     """
     t0 = time.monotonic()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3 * MAX_DEPTH + 500))  # two frames per level
@@ -712,7 +789,7 @@ def restore(repo: RepoLike, snapshot: str, target: str | os.PathLike[str], *, pa
     throttle = Throttle(progress, "verify" if verify else "restore")
     r = _Restorer(repo, snap.tree, target_fd, owners=(os.geteuid() == 0) if owners is None else owners,
                   allow_devices=allow_devices, xattrs=xattrs, max_file_size=max_file_size,
-                  threads=threads or os.cpu_count() or 2, verify=verify, throttle=throttle,
+                  threads=threads or os.cpu_count() or 2, verify=verify, throttle=throttle, direct_io=direct_io,
                   bytes_total=int(snap.stats.get("bytes_total", 0) or 0) if isinstance(snap.stats, dict) else 0)
     try:
         if include is not None:
