@@ -97,7 +97,7 @@ def test_snapshot_racing_a_files_freeze_never_writes_to_the_frozen_mount(
     together at random offsets. Either the snapshot is refused (the mount was frozen first) or the freeze
     waits until the snapshot is done; the snapshot never blocks on a freeze that came in the middle (which
     would hold it until the lease ran out)."""
-    lease_s = 10.0
+    lease_s = 30.0  # a snapshot blocked by the freeze would take >= 15 s; one that is not takes a few on a loaded box
     host = _host(xfs_fs, guardian_sock)
     _fill(xfs_fs.volume, 4000)
     rnd = random.Random(7)

@@ -80,7 +80,8 @@ def _run_all(c: Coordinator, reqs: list[tuple[str, str | None, str | None]]) -> 
 
 
 def test_limits_per_host_repository_and_policy(tmp_path: Path) -> None:
-    port = CountingPort("h0", tmp_path / "snaps", slow_snapshot_s=0.8)
+    # 2 s a snapshot: the three that may overlap do, even if their starts spread over a second under load
+    port = CountingPort("h0", tmp_path / "snaps", slow_snapshot_s=2.0)
     with coordinator(tmp_path, port) as c:
         _fleet(c, tmp_path, 3)
         peaks = {}

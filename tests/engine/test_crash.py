@@ -403,8 +403,10 @@ def test_c9_takeover_between_two_coordinators(pg: PgInstance, tmp_path: Path) ->
     url = pg.create_database(f"takeover_{random.randrange(10**6)}")
     led = Ledger(str(tmp_path / "ledger.sqlite"))
     common = ["--db", url, "--ledger", led.path, "--pool", "4", "--peer-timeout", "10"]
+    # 2 s a task (10 s an operation): A's operations still run once B and C have started beside it, on a loaded
+    # machine too
     a = Coordinator([*common, "--executor", "coord-A", "--ops-file", str(tmp_path / "ops.json"), "--submit", "3",
-                     "--sleep", "1.0"], tmp_path / "a.log")
+                     "--sleep", "2.0"], tmp_path / "a.log")
     survivors: list[Coordinator] = []
     try:
         assert a.wait_ready()

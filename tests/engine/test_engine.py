@@ -234,7 +234,8 @@ def test_cancel_queued_is_immediate(mk: MakeEngine, ledger: Ledger) -> None:
 
 def test_pause_gives_back_the_worker_and_resumes_from_last_checkpoint(mk: MakeEngine, ledger: Ledger) -> None:
     e = mk(pools={"five": 1})
-    op = e.submit("five", {"ledger": ledger.path, "tag": "p", "pause_at": "s3", "pause_s": 1.0})
+    # paused long enough for a whole other operation to run on a loaded machine
+    op = e.submit("five", {"ledger": ledger.path, "tag": "p", "pause_at": "s3", "pause_s": 5.0})
     wait_state(e, op, OpState.PAUSED)
     st = e.status(op)
     assert st.checkpoint == "c2" and st.bytes_done == 1
@@ -246,7 +247,7 @@ def test_pause_gives_back_the_worker_and_resumes_from_last_checkpoint(mk: MakeEn
     assert st.state == OpState.COMPLETE
     assert ledger.attempts_of(op) == ["s1", "s2", "s3", "s3", "s4", "s5"]  # only the paused task ran again
     assert ledger.effects_of(op) == ["s1", "s2", "s3", "s4", "s5"]
-    assert any("paused; looking again in 1 s" in ln.message for ln in e.logs(op))
+    assert any("paused; looking again in 5 s" in ln.message for ln in e.logs(op))
 
 
 def test_cancel_while_paused_runs_undo(mk: MakeEngine, ledger: Ledger) -> None:
@@ -297,8 +298,12 @@ def _max_overlap(ledger: Ledger, ops: list[str]) -> int:
 
 def test_soft_limit_per_type_waits_in_queue_in_order(mk: MakeEngine, ledger: Ledger) -> None:
     e = mk(limits=Limits(per_type={"backup": Limit(soft=1)}))
-    ops = [e.submit("backup", {"ledger": ledger.path, "tag": f"s{i}", "sleep_s": 0.05}) for i in range(4)]
+    rel, arr = gate("s0:s1")  # the first holds its slot until the others are seen queued
+    ops = [e.submit("backup", {"ledger": ledger.path, "tag": f"s{i}", "sleep_s": 0.05,
+                               **({"block_at": "s1"} if i == 0 else {})}) for i in range(4)]
+    assert arr.wait(20)
     states = {e.status(o).state for o in ops[1:]}
+    rel.set()
     assert states == {OpState.QUEUED}
     for o in ops:
         assert e.wait(o, 60).state == OpState.COMPLETE
@@ -314,8 +319,14 @@ def test_soft_limit_per_type_target_and_per_host(mk: MakeEngine, ledger: Ledger)
                              "sleep_s": 0.05}) for i in range(2)]
     b = [e.submit("backup", {"ledger": ledger.path, "tag": f"u{i}", "target": f"r{i + 2}", "host": "hx",
                              "sleep_s": 0.05}) for i in range(2)]
+    gates = [gate(f"v{i}:s1") for i in range(2)]  # each waits at s1 until both are there: they run side by side
     c = [e.submit("backup", {"ledger": ledger.path, "tag": f"v{i}", "target": f"r{i + 5}", "host": f"hv{i}",
-                             "sleep_s": 0.05}) for i in range(2)]
+                             "sleep_s": 0.05, "block_at": "s1"}) for i in range(2)]
+    try:
+        assert all(arr.wait(30) for _rel, arr in gates), "the two independent backups were not running together"
+    finally:
+        for rel, _arr in gates:
+            rel.set()
     for o in a + b + c:
         assert e.wait(o, 60).state == OpState.COMPLETE
     assert _max_overlap(ledger, a) == 1  # same target
@@ -478,24 +489,33 @@ def test_postgresql_backend_semantics(pg_url: str, tmp_path: Path) -> None:
         assert led.effects_of(canc) == ["s1", "s2", "s3", "u3", "u2", "u1"]
         assert e.wait(paused, 30).state == OpState.COMPLETE
         assert led.attempts_of(paused) == ["s1", "s2", "s2", "s3", "s4", "s5"]
-        rs = [e.submit("restore", {"ledger": led.path, "tag": f"pg-r{i}", "sleep_s": 0.05}) for i in range(3)]
-        with pytest.raises(LimitExceeded):
-            e.submit("restore", {"ledger": led.path, "tag": "pg-r9"})
+        rel_r, arr_r = gate("pg-r0:s1")  # the first is held, so all three are active when the fourth comes
+        rs = [e.submit("restore", {"ledger": led.path, "tag": f"pg-r{i}", "sleep_s": 0.05,
+                                   **({"block_at": "s1"} if i == 0 else {})}) for i in range(3)]
+        try:
+            with pytest.raises(LimitExceeded):
+                e.submit("restore", {"ledger": led.path, "tag": "pg-r9"})
+        finally:
+            rel_r.set()
+        assert arr_r.wait(30)
         for r in rs:
             assert e.wait(r, 60).state == OpState.COMPLETE
         assert _max_overlap(led, rs) == 1
         ids: list[str] = []
         barrier = threading.Barrier(6)
 
+        rel_d, _arr_d = gate("pg-dup:s1")  # held until every thread has submitted: none finds it finished
+
         def go() -> None:
             barrier.wait()
-            ids.append(e.submit("five", {"ledger": led.path, "tag": "pg-dup", "sleep_s": 0.2}))
+            ids.append(e.submit("five", {"ledger": led.path, "tag": "pg-dup", "sleep_s": 0.2, "block_at": "s1"}))
 
         threads = [threading.Thread(target=go) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        rel_d.set()
         assert len(set(ids)) == 1
         assert e.wait(ids[0], 30).state == OpState.COMPLETE
     finally:

@@ -204,7 +204,7 @@ def test_rerun_reuses_what_a_killed_backup_stored(tmp_path: Path) -> None:
     ratios = []
     for cycle in range(2):
         (src / f"c{cycle}").mkdir(parents=True)
-        for i in range(6):
+        for i in range(12):  # 30 MB, killed at 12 MB: a wide window for a test process starved under load
             (src / f"c{cycle}" / f"{i}").write_bytes(rng.randbytes(2_500_000))
         before = _store_bytes(store_dir)
         c = Child(store_dir, src, cycle)

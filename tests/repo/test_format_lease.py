@@ -91,7 +91,7 @@ _WRITER = textwrap.dedent("""
     pw = sys.stdin.readline().strip()
     repo = Repository.open(local_store(Path(root)), pw, lease_skew_s=0)
     shared = [bytes.fromhex(h) for h in sys.argv[2].split(",")]
-    with repo.writer(host="paused", lease_s=1.5) as w:
+    with repo.writer(host="paused", lease_s=4.0) as w:
         ids = list(shared)
         for i in range(12):
             d = bytes([i]) * 3000 + root.encode()
@@ -136,7 +136,7 @@ def test_writer_paused_past_lease_during_prune(tmp_path: Path) -> None:
         os.kill(p.pid, signal.SIGSTOP)
         with pytest.raises(Busy):
             prune(repo, PruneOptions(delete_margin_s=0, unindexed_min_age_s=0))  # lease still live
-        time.sleep(1.8)  # the paused writer's lease runs out
+        time.sleep(4.3)  # the paused writer's lease runs out (4 s: prune above sees it live on a loaded machine too)
         forget(repo, ids=[sids[0]])
         rep = prune(repo, PruneOptions(delete_margin_s=0, unindexed_min_age_s=0))
         assert rep.packs_deleted > 0  # the blobs the paused writer deduplicated against are gone

@@ -25,8 +25,10 @@ from frieze.host.apps.registry import load
 from frieze.host.apps.base import AppSpec
 d = json.loads(sys.stdin.readline())
 spec = AppSpec(**d["spec"])
-load(spec.kind).quiesce(spec, epoch=d["epoch"], lease_s=d["lease"])
-print("QUIESCED", flush=True)
+plugin = load(spec.kind)
+t0 = time.monotonic()  # CLOCK_MONOTONIC is one clock for every process: the parent measures the lease from here
+plugin.quiesce(spec, epoch=d["epoch"], lease_s=d["lease"])
+print("QUIESCED", t0, flush=True)
 time.sleep(3600)
 """
 
@@ -45,13 +47,12 @@ def hold_in_child(env: Env, epoch: int) -> tuple[subprocess.Popen[str], float]:
     spec = dataclasses.asdict(env.spec)
     proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, cwd=Path(__file__).parents[3])
-    t0 = time.monotonic()
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps({"spec": spec, "epoch": epoch, "lease": LEASE}) + "\n")
     proc.stdin.flush()
-    line = proc.stdout.readline()
-    assert line.strip() == "QUIESCED", f"holder failed: {line!r}"
-    return proc, t0
+    line = proc.stdout.readline().split()
+    assert line[:1] == ["QUIESCED"], f"holder failed: {line!r}"
+    return proc, float(line[1])  # when the child began to quiesce (not when it began to import)
 
 
 def released_within(env: Env, timeout: float) -> bool:

@@ -162,7 +162,7 @@ def test_lease_expiry_thaws_and_commit_then_refused(xfs_fs: LoopFs, guardian: st
         c.commit(f.freeze_id, 1)  # still held: fine
         w.wait(timeout=6)
         waited = time.monotonic() - t0
-        assert 0.5 < waited < 2.0
+        assert 0.5 < waited < 5.0  # thawed at the 1 s lease (dd's write and fsync may be slow on a loaded machine)
         r = c.thaw_result(f.freeze_id, 1)
         assert r.reason == "lease_expired" and r.changed is False
         assert 900 <= r.window_ms <= 1000, r

@@ -652,6 +652,7 @@ class MariaTransfers(_Worker):
                             cur.execute("INSERT INTO commit_log (src, dst, amount, ts, ts_unix)"
                                         " VALUES (%s, %s, %s, NOW(), UNIX_TIMESTAMP())", (a, b, amt))
                             c.commit()
+                            t1 = time.monotonic()  # when the commit returned, before the next round trip
                             cur.execute("SET timestamp = DEFAULT")
                     except pymysql.err.OperationalError as e:
                         if self.stop_ev.is_set():
@@ -659,7 +660,7 @@ class MariaTransfers(_Worker):
                         c.rollback()
                         self.log.errors.append(f"retry: {e}")
                         continue
-                    self.log.add(t0, time.monotonic())
+                    self.log.add(t0, t1)
                     time.sleep(self.pause_s)
         finally:
             c.close()
