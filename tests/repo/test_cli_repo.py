@@ -168,6 +168,10 @@ def test_init_backup_restore_diff_check_forget_prune(tmp_path: Path) -> None:
     assert (part / "a.txt").read_bytes() == (out1 / "a.txt").read_bytes()
     v = js(tmp, "restore", "tag:one", "--target", str(out1), "--verify", **env)
     assert v["stats"]["mismatches"] == []
+    (out1 / "a.txt").write_text("changed\n")
+    hv = run(tmp, "restore", "tag:one", "--target", str(out1), "--verify", ok=False, **env)
+    assert hv.returncode != 0 and "differs a.txt" in hv.stdout and "[red]" not in hv.stdout, hv.stdout
+    (out1 / "a.txt").write_bytes((part / "a.txt").read_bytes())
 
     dd = js(tmp, "diff", "tag:one", "tag:two", **env)
     assert dd["counts"] == {"added": 1, "removed": 1, "modified": 1}

@@ -291,7 +291,7 @@ def restore(snapshot: Annotated[str | None, typer.Argument(help="id, prefix, lat
         for w in s.warnings[:20]:
             warn(w)
         for m in s.mismatches[:50]:
-            out.print(f"  [red]differs[/] {m}", markup=False)
+            out.print(f"  [red]differs[/] {escape(m)}")
     if failed is not None:
         if as_json:
             raise SystemExit(failed.exit_code)  # the JSON document (with "error") is already out

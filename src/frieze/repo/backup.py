@@ -703,6 +703,7 @@ class _Backup:
             if fd is None:
                 out.append(None)
                 continue
+            data: bytes | None = b""
             try:
                 data = self._pread_small(fd, node, st.st_size)
             except OSError as e:
@@ -710,10 +711,11 @@ class _Backup:
                 out.append(None)
                 continue
             finally:
-                self._note_change(fd, rel, st)
+                if data is not None:  # a file that grew is warned about once, by _read_full
+                    self._note_change(fd, rel, st)
                 os.close(fd)
             if data is None:
-                out.append(self._read_full(path, rel, st, node, None))  # grew: read it again to its end, cut
+                out.append(self._read_full(path, rel, st, node, None, grown=True))  # read again to its end, cut
                 continue
             self._count_file()
             if data:
@@ -743,7 +745,9 @@ class _Backup:
         return fd
 
     def _read_full(self, path: bytes, rel: str, st: os.stat_result, node: Node,
-                   spec: FixedBlocks | None) -> list[_Pending] | None:
+                   spec: FixedBlocks | None, grown: bool = False) -> list[_Pending] | None:
+        """Open, read and cut one file (``grown``: a small file known to have grown since its lstat, cut to its
+        end without trying one pread first)."""
         fd = self._open(path, rel, st)
         if fd is None:
             return None
@@ -754,7 +758,7 @@ class _Backup:
             size = st.st_size
             segs = data_segments(fd, size) if is_probably_sparse(st) else None
             out: list[_Pending] = []
-            if segs is None and size < self.cdc_params.min_size:
+            if segs is None and size < self.cdc_params.min_size and not grown:
                 data = self._pread_small(fd, node, size)
                 if data is not None:
                     return [(self.pipe.submit(data), len(data), 0)] if data else []
@@ -784,9 +788,9 @@ class _Backup:
         so it is one chunk) and ``node.size`` set; None if it grew since its ``lstat`` (the caller then reads it
         to its end and cuts it as usual, rather than keep its first ``size + 1`` bytes)."""
         data = os.pread(fd, size + 1, 0)
-        self._count_read(len(data))
         if len(data) > size:
-            return None
+            return None  # counted when it is read again, to its end
+        self._count_read(len(data))
         node.size = len(data)
         return data
 

@@ -39,7 +39,13 @@ class DirectBuffers:
             if self._free:
                 return self._free.pop()
             self._made += 1
-        return mmap.mmap(-1, self.size)
+        try:
+            return mmap.mmap(-1, self.size)
+        except BaseException:
+            with self._cond:  # the slot was never filled: give it back, or a later get() would wait forever
+                self._made -= 1
+                self._cond.notify()
+            raise
 
     def put(self, buf: mmap.mmap) -> None:
         with self._cond:

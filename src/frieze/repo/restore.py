@@ -26,6 +26,7 @@ Safety contract (tested by ``tests/repo/test_data_restore_malicious.py``):
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 import stat
@@ -147,10 +148,22 @@ class _Restorer:
         # Blob reads (decrypt + decompress + verify) on one pool; whole files on another, so that a file
         # worker waiting for its blobs never starves the blob pool (no deadlock).
         # With O_DIRECT a job also waits for its write to reach the device: twice the workers keep the cores busy
-        # meanwhile. Each job holds at most one direct buffer, so there are as many as workers (none waits).
+        # meanwhile. A job holds one direct buffer (16 MiB) only while it copies and writes, and waits for nothing
+        # else meanwhile, so at most 8 of them (128 MiB) is enough and never deadlocks.
         direct = direct_io and bool(O_DIRECT) and not verify
         blob_workers = max(1, threads) * (2 if direct else 1)
-        self.direct = DirectBuffers(_RAW_SPAN + DIRECT_ALIGN, blob_workers) if direct else None
+        self.direct = DirectBuffers(_RAW_SPAN + DIRECT_ALIGN, min(blob_workers, 8)) if direct else None
+        #: direct writes cover whole memory pages and file-system blocks only, so that no page (and no block) of
+        #: the file is written both through the page cache and around it: 4 KiB on x86-64, more where pages or
+        #: blocks are larger
+        self.direct_align = DIRECT_ALIGN
+        if direct:
+            try:
+                bsize = os.fstatvfs(target_fd).f_bsize
+            except OSError:
+                bsize = DIRECT_ALIGN
+            bsize = bsize if 0 < bsize <= (1 << 20) and bsize & (bsize - 1) == 0 else DIRECT_ALIGN
+            self.direct_align = max(DIRECT_ALIGN, mmap.PAGESIZE, bsize)
         self.pool = ThreadPoolExecutor(max_workers=blob_workers, thread_name_prefix="frieze-restore-blob")
         self.files_pool = ThreadPoolExecutor(max_workers=max(2, threads), thread_name_prefix="frieze-restore-file")
         self.file_slots = threading.BoundedSemaphore(2 * max(2, threads) + 2)
@@ -618,8 +631,9 @@ class _Restorer:
         aligned buffer and written through ``dfd`` (O_DIRECT), the unaligned head and tail through ``fd`` (the
         page cache; no page is written both ways). Returns the bytes written direct. A run too short, or a
         transfer the file system refuses (EINVAL), is written through ``fd`` instead."""
-        a = -(-off // DIRECT_ALIGN) * DIRECT_ALIGN
-        b = (off + ln) // DIRECT_ALIGN * DIRECT_ALIGN
+        al = self.direct_align
+        a = -(-off // al) * al
+        b = (off + ln) // al * al
         pool = self.direct
         if pool is None or b - a < DIRECT_MIN or b - a > pool.size:
             _write_all(fd, datas, off)
@@ -645,7 +659,7 @@ class _Restorer:
             try:
                 while n < w:
                     k = os.pwritev(dfd, [mv[n:w]], a + n)
-                    if k <= 0 or k % DIRECT_ALIGN:
+                    if k <= 0 or k % al:
                         n += max(k, 0)
                         break
                     n += k
