@@ -33,7 +33,7 @@ def bench_repo(
     if pgbench_scale is not None:
         spec = corpus.CorpusSpec(spec.text_mb, spec.binary_mb, spec.random_mb, max(1, pgbench_scale), spec.seed)
     rep = repo_bench.run(work, spec, [t.strip() for t in tools.split(",") if t.strip()],
-                         lambda m: _err.print(m, highlight=False))
+                         lambda m: _err.print(m, highlight=False, soft_wrap=True))
     if as_json:
         print(json.dumps({"report": asdict(rep), "ratios": repo_bench.ratios(rep)}, indent=2, default=str))
     else:
