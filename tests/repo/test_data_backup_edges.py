@@ -212,6 +212,13 @@ def test_small_file_that_grows_past_the_chunker_minimum_while_read(
     assert (out / "stays").read_bytes() == b"s" * 500
 
 
+def _assert_same_files(src: Path, out: Path, skip: tuple[str, ...] = ()) -> None:
+    """Every regular file of ``src`` (but those named in ``skip``) is in ``out`` with the same bytes."""
+    for p in src.rglob("*"):
+        if p.is_file() and p.name not in skip:
+            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p
+
+
 def _mixed_tree(src: Path) -> None:
     """Small and large files over several directories, a hard-linked pair, a symlink, an empty file."""
     rnd = itertools.count()
@@ -263,9 +270,7 @@ def test_reader_threads_give_the_same_snapshot_as_reading_on_the_walking_thread(
     out = tmp_path / "out"
     restore(repo, many.snapshot_id, out)
     assert not (out / "d2" / "no-access").exists()
-    for p in src.rglob("*"):
-        if p.is_file() and p.name != "no-access":
-            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p
+    _assert_same_files(src, out, skip=("no-access",))
     assert os.stat(out / "linked").st_ino == os.stat(out / "d1" / "also-linked").st_ino
 
 
@@ -398,9 +403,10 @@ def test_an_unreadable_parent_tree_means_reading_its_files_again(
     assert second.tree == fresh.tree
 
 
-def _restore_source(src: Path) -> None:
-    """Files whose runs have unaligned heads and tails (content-defined chunks), a fixed-block file with a
-    tail that is not a multiple of 4 KiB, a sparse file with data at unaligned offsets, and small files."""
+def _back_up_restore_source(src: Path, repo: Any) -> Any:
+    """Back up (and return the result of) a tree of files whose runs have unaligned heads and tails (content-
+    defined chunks), a fixed-block file with a tail that is not a multiple of 4 KiB, a sparse file with data at
+    unaligned offsets, and small files."""
     src.mkdir()
     (src / "cdc.bin").write_bytes(os.urandom(9 << 20) + b"tail-not-aligned")
     (src / "db").mkdir()
@@ -412,6 +418,7 @@ def _restore_source(src: Path) -> None:
         f.seek(40 << 20)
         f.write(os.urandom(70_000))
     (src / "small").write_bytes(b"s" * 3000)
+    return backup(repo, [str(src)], host="h", fixed_block_globs={"db/**": FixedBlocks(8192, 65536)})
 
 
 @pytest.mark.parametrize("direct_io", [True, False])
@@ -419,13 +426,10 @@ def test_restore_with_and_without_direct_io_writes_the_same_bytes(tmp_path: Path
     """Long runs go around the page cache (their aligned middles; heads, tails and short runs through it) and
     the restored files are byte for byte the source, holes included; with direct_io=False nothing is direct."""
     src = tmp_path / "src"
-    _restore_source(src)
-    res = backup(repo, [str(src)], host="h", fixed_block_globs={"db/**": FixedBlocks(8192, 65536)})
+    res = _back_up_restore_source(src, repo)
     out = tmp_path / "out"
     r = restore(repo, res.snapshot_id, out, direct_io=direct_io)
-    for p in src.rglob("*"):
-        if p.is_file():
-            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p
+    _assert_same_files(src, out)
     assert os.stat(out / "sparse.img").st_blocks * 512 < 20 << 20  # the holes stay holes
     if direct_io and _direct_io_works(tmp_path):
         assert r.stats.bytes_written_direct > (4 << 20), r.stats
@@ -439,8 +443,7 @@ def test_restore_falls_back_to_the_page_cache_when_direct_writes_are_refused(
     if not _direct_io_works(tmp_path):
         pytest.skip("O_DIRECT is not supported where the tests run")
     src = tmp_path / "src"
-    _restore_source(src)
-    res = backup(repo, [str(src)], host="h", fixed_block_globs={"db/**": FixedBlocks(8192, 65536)})
+    res = _back_up_restore_source(src, repo)
     real = os.pwritev
     refused: list[int] = []
 
@@ -454,6 +457,4 @@ def test_restore_falls_back_to_the_page_cache_when_direct_writes_are_refused(
     out = tmp_path / "out"
     r = restore(repo, res.snapshot_id, out)
     assert refused and r.stats.bytes_written_direct == 0
-    for p in src.rglob("*"):
-        if p.is_file():
-            assert (out / p.relative_to(src)).read_bytes() == p.read_bytes(), p
+    _assert_same_files(src, out)

@@ -617,25 +617,21 @@ class _Restorer:
                 bid = items[k].hex() if isinstance(items[k], bytes) else items[k].blob_id.hex()
                 raise IntegrityError(f"blob {bid} has {len(data)} bytes, the tree says {want}", offset=pos, blob=bid)
             pos += want
-        if dfd is None:
-            _write_all(fd, datas, off)
-            direct = 0
-        else:
-            direct = self._write_direct(fd, dfd, datas, off, ln)
+        direct = self._write_run(fd, dfd, datas, off, ln)
         with self.lock:
             self.stats.bytes_written += ln
             self.stats.bytes_written_direct += direct
 
-    def _write_direct(self, fd: int, dfd: int, datas: list[bytes], off: int, ln: int) -> int:
-        """Write the run ``datas`` (``ln`` bytes at ``off``): the 4 KiB-aligned middle copied into a pooled
-        aligned buffer and written through ``dfd`` (O_DIRECT), the unaligned head and tail through ``fd`` (the
-        page cache; no page is written both ways). Returns the bytes written direct. A run too short, or a
-        transfer the file system refuses (EINVAL), is written through ``fd`` instead."""
+    def _write_run(self, fd: int, dfd: int | None, datas: list[bytes], off: int, ln: int) -> int:
+        """Write the run ``datas`` (``ln`` bytes at ``off``): its middle aligned to :attr:`direct_align` copied
+        into a pooled aligned buffer and written through ``dfd`` (O_DIRECT), the unaligned head and tail through
+        ``fd`` (the page cache; no page is written both ways). Returns the bytes written direct. Without ``dfd``,
+        for a run too short, or a transfer the file system refuses (EINVAL), it goes through ``fd`` instead."""
         al = self.direct_align
         a = -(-off // al) * al
         b = (off + ln) // al * al
         pool = self.direct
-        if pool is None or b - a < DIRECT_MIN or b - a > pool.size:
+        if dfd is None or pool is None or b - a < DIRECT_MIN or b - a > pool.size:
             _write_all(fd, datas, off)
             return 0
         head: list[memoryview] = []
