@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.repo.test_data_support import make_repo
+from tests.repo.test_data_support import make_repo, same_but_atime
 
 from frieze.core.errors import NotFound
 from frieze.repo.backup import backup
@@ -400,7 +400,7 @@ def test_an_unreadable_parent_tree_means_reading_its_files_again(
     assert second.stats.files_read == d3_files  # d3's files read again, every other file reused
     monkeypatch.setattr(repo, "read_blob", real_read)
     fresh = backup(repo, [str(src)], host="h", parent=None)
-    assert second.tree == fresh.tree
+    assert same_but_atime(repo, second.tree, fresh.tree)  # unchanged entries keep the parent's atime
 
 
 def _back_up_restore_source(src: Path, repo: Any) -> Any:
@@ -458,3 +458,43 @@ def test_restore_falls_back_to_the_page_cache_when_direct_writes_are_refused(
     r = restore(repo, res.snapshot_id, out)
     assert refused and r.stats.bytes_written_direct == 0
     _assert_same_files(src, out)
+
+
+def test_a_file_only_read_since_the_parent_is_unchanged_and_keeps_its_record(tmp_path: Path, repo: Any) -> None:
+    """Reading a file (or listing a directory) moves its access time and nothing else. The next backup
+    neither reads it again nor stores new trees: the parent's records, their atimes included, are reused.
+    Any other change of the record still counts (here: a mode change of another file)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    files = [src / "d" / f"f{i}" for i in range(5)]
+    for i, f in enumerate(files):
+        f.write_bytes(os.urandom(1000 + i))
+        st = f.stat()
+        os.utime(f, ns=(st.st_mtime_ns - 10**9, st.st_mtime_ns))  # atime before mtime: the next read moves it
+    d_st = (src / "d").stat()
+    os.utime(src / "d", ns=(d_st.st_mtime_ns - 10**9, d_st.st_mtime_ns))
+    first = backup(repo, [str(src)], host="h", read_threads=2)
+    before = [f.stat().st_atime_ns for f in files]
+    for f in files:
+        f.read_bytes()
+    os.listdir(src / "d")
+    if [f.stat().st_atime_ns for f in files] == before:
+        pytest.skip("this file system does not move access times on reads (noatime)")
+    again = backup(repo, [str(src)], host="h", read_threads=2)
+    assert again.parent == first.snapshot_id
+    assert again.stats.files_unchanged == 5 and again.stats.files_read == 0 and again.stats.bytes_read == 0
+    assert again.tree == first.tree and again.stats.trees_new == 0
+    os.chmod(files[2], 0o600)
+    third = backup(repo, [str(src)], host="h", read_threads=2)
+    assert third.tree != first.tree and third.stats.trees_new >= 2  # d's tree and the root's
+    assert third.stats.files_read == 1 and third.stats.chunks_new == 0  # its ctime moved: read again, same data
+    nodes = {n.name: n for n in _subtree_nodes(repo, third.tree, b"d")}
+    assert nodes[b"f2"].mode & 0o777 == 0o600 and nodes[b"f2"].atime_ns == files[2].stat().st_atime_ns
+
+
+def _subtree_nodes(repo: Any, tree: bytes, name: bytes) -> list[Any]:
+    from frieze.repo.tree import decode_tree
+
+    sub = next(n.subtree for n in decode_tree(repo.read_blob(tree), tree) if n.name == name)
+    assert sub is not None
+    return decode_tree(repo.read_blob(sub), sub)

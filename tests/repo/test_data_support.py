@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from frieze.repo.blobstore.memory import MemoryBlobStore
+from frieze.repo.tree import parse_tree_objects, subtree_id
 from frieze.repo.types import KdfParams, RepoParams
 
 
@@ -45,3 +46,17 @@ def tree_listing(root: Path) -> dict[str, tuple[Any, ...]]:
             else:
                 out[rel] = ("o", stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
     return out
+
+
+def same_but_atime(repo: Any, a: bytes, b: bytes) -> bool:
+    """Trees ``a`` and ``b`` hold the same entries and subtrees, their records equal but for access times."""
+    ta, tb = parse_tree_objects(repo.read_blob(a)), parse_tree_objects(repo.read_blob(b))
+    if set(ta) != set(tb):
+        return False
+    for name, oa in ta.items():
+        ob = tb[name]
+        if {**oa, "at": 0, "st": 0} != {**ob, "at": 0, "st": 0}:
+            return False
+        if "st" in oa and not same_but_atime(repo, subtree_id(oa), subtree_id(ob)):
+            return False
+    return True

@@ -6,14 +6,17 @@ environment-provided commands, never argv.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -81,6 +84,8 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Timin
 
 class Tool:
     name = "tool"
+    #: whether the benchmark times this tool's restores
+    restores = True
 
     def __init__(self, repo: Path, password_file: Path) -> None:
         self.repo = repo
@@ -164,6 +169,63 @@ class Frieze(Tool):
         from frieze import __version__
 
         return __version__
+
+
+class FriezeMover(Frieze):
+    """frieze as the coordinator's mover runs it: one long-lived process (:mod:`frieze.bench.resident`) that
+    opened the repository once (untimed, as the coordinator caches it) and, per backup, refreshes the index
+    and calls the library. Caches are dropped before each timed run as for every tool; what the process keeps
+    is what the coordinator keeps: its imports, the unwrapped keys, the loaded index."""
+
+    name = "frieze-mover"
+    #: restores go through the same library as ``frieze``'s; the benchmark does not time them twice
+    restores = False
+
+    def __init__(self, repo: Path, password_file: Path, fixed_blocks: list[str], pycache: Path | None = None) -> None:
+        super().__init__(repo, password_file, fixed_blocks, pycache)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _call(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.proc is None:
+            self.proc = subprocess.Popen([sys.executable, "-m", "frieze.bench.resident"], env=self.env(),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the resident frieze process ended (exit {self.proc.wait()})")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"frieze mover {req.get('op')}: {reply['error']}")
+        return reply
+
+    def open(self) -> None:
+        """Untimed: start the process and open the repository (the coordinator holds it open)."""
+        self._call({"op": "open", "repo": str(self.repo), "password_file": str(self.password_file)})
+
+    def backup(self, src: Path, name: str) -> Timing:
+        globs = {}
+        for g in self.fixed_blocks:
+            glob, _, size = g.partition("=")
+            globs[glob] = int(size)
+        t0 = time.perf_counter()
+        r = self._call({"op": "backup", "paths": [str(src)], "host": socket.gethostname(), "tags": [name],
+                        "fixed_blocks": globs,
+                        "changed_ranges": str(self.changed_ranges) if self.changed_ranges else None})
+        return Timing(time.perf_counter() - t0, float(r["cpu_seconds"]), float(r["max_rss_mb"]))
+
+    def close(self) -> None:
+        if self.proc is not None:
+            try:
+                if self.proc.stdin is not None:
+                    self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
 
 
 class Restic(Tool):

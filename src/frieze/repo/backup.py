@@ -63,6 +63,7 @@ from frieze.repo.tree import (
     node_to_obj,
     obj_to_node,
     parse_tree_objects,
+    subtree_id,
 )
 from frieze.repo.types import BlobKind
 
@@ -310,6 +311,8 @@ class _Backup:
         # (dev, inode) of files with several links -> snapshot path of the first one seen.
         self.links: dict[tuple[int, int], bytes] = {}
         self.seen_trees: set[bytes] = set()
+        #: parent trees being read ahead of the walk (:meth:`_prefetch_trees`), by tree id
+        self.tree_prefetch: dict[bytes, Future[bytes]] = {}
         #: walked directories not finished yet, oldest first (see :attr:`OPEN_DIRS`)
         self.open_dirs: deque[_DirWork] = deque()
         #: small files waiting to be read as one batch: (path, rel, stat, node, place)
@@ -352,8 +355,10 @@ class _Backup:
     def parent_dir(self, tree_id: bytes | None) -> _ParentDir | None:
         if tree_id is None:
             return None
+        fut = self.tree_prefetch.pop(tree_id, None)
         try:
-            return _ParentDir(tree_id, parse_tree_objects(self.repo.read_blob(tree_id), tree_id))
+            data = fut.result() if fut is not None else self.repo.read_blob(tree_id)
+            return _ParentDir(tree_id, parse_tree_objects(data, tree_id))
         except FriezeError as e:
             self.stats.warnings.append(f"parent tree {tree_id.hex()} unreadable ({e}); reading files again")
             return None
@@ -467,6 +472,22 @@ class _Backup:
             out.append((st, xattrs))
         return out
 
+    def _prefetch_trees(self, pdir: _ParentDir | None, entries: list[tuple[bytes, bytes]]) -> None:
+        """Start reading the parent trees of this directory's subdirectories on the stat threads (cold, each is
+        a pack read), so that each is there when the walk descends into it."""
+        if pdir is None or self.statters is None:
+            return
+        for name, _path in entries:
+            o = pdir.objs.get(name)
+            if o is None or o.get("t") != "dir" or not isinstance(o.get("st"), str):
+                continue
+            try:
+                tid = subtree_id(o)
+            except FriezeError:
+                continue  # reported when the walk reaches it
+            if tid not in self.tree_prefetch:
+                self.tree_prefetch[tid] = self.statters.submit(self.repo.read_blob, tid)
+
     def _prefetch(self, entries: list[tuple[bytes, bytes]], dir_fd: int | None,
                   into: list[Future[list[_Meta]]]) -> None:
         """Read every entry's ``lstat`` and xattrs on the stat threads, :attr:`STAT_BATCH` entries per task
@@ -488,6 +509,7 @@ class _Backup:
         metas: list[Future[list[_Meta]]] = []
         try:
             self._prefetch(entries, dir_fd, metas)
+            self._prefetch_trees(dw.pdir, entries)
             for i, (name, path) in enumerate(entries):
                 child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
                 meta = metas[i // self.STAT_BATCH].result()[i % self.STAT_BATCH] if metas else None
@@ -521,15 +543,27 @@ class _Backup:
                 unreadable.add(id(node))
             else:
                 node.extents = self._resolve(exts)
-        objs = [(name, it if isinstance(it, dict) else node_to_obj(it)) for name, it in dw.items
-                if id(it) not in unreadable]
         pdir = dw.pdir
+        objs = [(name, it if isinstance(it, dict) else self._obj(it, pdir)) for name, it in dw.items
+                if id(it) not in unreadable]
         dw.items, dw.pending, dw.subdirs, dw.pdir = [], [], [], None
         if pdir is not None and len(objs) == len(pdir.objs) and all(pdir.objs.get(n) == o for n, o in objs):
             self.stats.trees += 1  # unchanged directory: the parent's tree blob, not encoded again
             dw.tree_id = pdir.tree_id
         else:
             dw.tree_id = self.store_tree(objs)
+
+    @staticmethod
+    def _obj(node: Node, pdir: _ParentDir | None) -> dict[str, Any]:
+        """The object of ``node``; a directory whose record differs from the parent's only in its access time
+        (listing it moves that) keeps the parent's record, as unchanged files do (:meth:`_same_as_parent`)."""
+        obj = node_to_obj(node)
+        if node.type is NodeType.DIR and pdir is not None:
+            pobj = pdir.objs.get(node.name)
+            if (pobj is not None and obj != pobj and obj.get("at") != pobj.get("at")
+                    and {**obj, "at": 0} == {**pobj, "at": 0}):
+                return pobj
+        return obj
 
     def store_tree(self, objs: list[tuple[bytes, dict[str, Any]]]) -> bytes:
         blob = encode_objects(objs)
@@ -640,7 +674,12 @@ class _Backup:
         x = pobj.get("x")
         if x is not None:
             obj["x"] = x
-        if obj != pobj or not self._parent_blobs_present(pdir, node.name):
+        if obj != pobj and (obj.get("at") == pobj.get("at") or {**obj, "at": 0} != {**pobj, "at": 0}):
+            # Anything but the access time differs: the long way. When only the atime moved (any reader of
+            # the file moves it, another backup tool included), the file is unchanged and keeps the parent's
+            # record, atime included, so its directory's tree is the parent's too.
+            return None
+        if not self._parent_blobs_present(pdir, node.name):
             return None
         return pobj
 

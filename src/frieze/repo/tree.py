@@ -142,6 +142,11 @@ def split_link_path(path: bytes) -> list[bytes]:
 # -------------------------------------------------------------------------------------------- encoding
 
 
+def subtree_id(obj: dict[str, Any]) -> bytes:
+    """The subtree id of a directory's node object (IntegrityError if malformed)."""
+    return _unb64id(obj["st"], "directory entry")
+
+
 def _b64id(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode("ascii")
 

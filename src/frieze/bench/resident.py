@@ -1,0 +1,93 @@
+"""A long-lived frieze process for the benchmark: the repository library called the way the coordinator's mover
+calls it (``frieze.coordinator.workflows.backup.move_data``), not through a fresh CLI process.
+
+The coordinator opens a repository once per process (:class:`frieze.coordinator.repos.Repos` caches it: the
+memory-hard KDF runs once) and, for each backup, refreshes the index (``load_index``) and calls
+:func:`frieze.repo.backup.backup` with the volume's previous snapshot as parent and the provider's changed
+ranges. This process does the same, driven by JSON lines on stdin (one reply line on stdout each):
+
+- ``{"op": "open", "repo": PATH, "password_file": PATH}``: open the repository (untimed: the coordinator has
+  it open since its previous backup);
+- ``{"op": "backup", "paths": [...], "host": H, "tags": [...], "fixed_blocks": {GLOB: PAGE},
+  "changed_ranges": PATH | null}``: ``load_index``, read the ranges file, back up; the reply carries the
+  seconds, CPU seconds and the peak RSS of this process, and the snapshot id;
+- ``{"op": "exit"}``.
+
+An error is a reply ``{"error": "..."}``; the process goes on reading.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _ranges(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    raw = json.loads(Path(path).read_text())
+    return {k: None if v is None else [(int(a), int(b)) for a, b in v] for k, v in raw.items()}
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Resident:
+    def __init__(self) -> None:
+        self.repo: Any = None
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "open":
+            from frieze.repo.blobstore.registry import open_store
+            from frieze.repo.repository import Repository
+
+            if self.repo is not None:
+                self.repo.close()
+            pw = Path(req["password_file"]).read_text().rstrip("\n")
+            self.repo = Repository.open(open_store(str(req["repo"])), pw)
+            return {"ok": True, "repository": self.repo.id}
+        if op == "backup":
+            from frieze.repo.backup import backup
+
+            if self.repo is None:
+                raise RuntimeError("backup before open")
+            t0, c0 = time.perf_counter(), _cpu()
+            self.repo.load_index()
+            res = backup(self.repo, list(req["paths"]), host=str(req["host"]), tags=list(req.get("tags") or []),
+                         parent="auto", changed_ranges=_ranges(req.get("changed_ranges")),
+                         fixed_block_globs=req.get("fixed_blocks") or None)
+            dt, cpu = time.perf_counter() - t0, _cpu() - c0
+            return {"seconds": dt, "cpu_seconds": cpu, "snapshot_id": res.snapshot_id,
+                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "stats": res.stats.to_dict()}
+        raise ValueError(f"unknown op {op!r}")
+
+
+def main() -> int:
+    r = Resident()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        if req.get("op") == "exit":
+            break
+        try:
+            reply = r.handle(req)
+        except Exception as e:  # reported to the driver, which fails that tool's run
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    if r.repo is not None:
+        r.repo.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
