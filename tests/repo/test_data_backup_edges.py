@@ -7,6 +7,7 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ def test_small_file_that_grows_past_the_chunker_minimum_while_read(
     small = os.urandom(1000)
     (src / "grows").write_bytes(small)
     (src / "stays").write_bytes(b"s" * 500)
-    extra = os.urandom(200_000)  # far past the minimum (16 KiB here): several chunks
+    extra = os.urandom(600_000)  # far past the minimum (16 KiB here) and past the maximum (256 KiB): several chunks
 
     def opener(path: bytes) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -498,3 +499,45 @@ def _subtree_nodes(repo: Any, tree: bytes, name: bytes) -> list[Any]:
     sub = next(n.subtree for n in decode_tree(repo.read_blob(tree), tree) if n.name == name)
     assert sub is not None
     return decode_tree(repo.read_blob(sub), sub)
+
+
+def test_parent_trees_read_ahead_are_bounded_and_give_the_same_snapshot(
+        tmp_path: Path, repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk reads the parent trees of a directory's subdirectories ahead, at most ``TREES_AHEAD`` at a
+    time; with many subdirectories the rest are read when reached, and the snapshot is the same."""
+    from frieze.repo import backup as backup_mod
+
+    src = tmp_path / "src"
+    for i in range(40):
+        d = src / f"d{i:02d}" / "inner"
+        d.mkdir(parents=True)
+        (d / "f").write_bytes(os.urandom(100 + i))
+    first = backup(repo, [str(src)], host="h", read_threads=2)
+    monkeypatch.setattr(backup_mod._Backup, "TREES_AHEAD", 4)
+    seen: list[int] = []
+    real = backup_mod._Backup._prefetch_trees
+
+    def spy(self: Any, pdir: Any, entries: Any) -> list[bytes]:
+        started = real(self, pdir, entries)
+        seen.append(len(self.tree_prefetch))
+        return started
+
+    monkeypatch.setattr(backup_mod._Backup, "_prefetch_trees", spy)
+    again = backup(repo, [str(src)], host="h", read_threads=2)
+    assert max(seen) == 4  # the bound was reached, never passed
+    assert again.tree == first.tree and again.stats.files_unchanged == 40 and not again.stats.warnings
+    # a subdirectory replaced by a file: its parent tree, read ahead, is dropped when the walk of src ends
+    shutil.rmtree(src / "d00")
+    (src / "d00").write_bytes(b"now a file")
+    left: list[int] = []
+    real_walk = backup_mod._Backup.dir_tree
+
+    def walk(self: Any, abs_path: bytes, rel: str, parent_tree: Any, st: Any) -> Any:
+        dw = real_walk(self, abs_path, rel, parent_tree, st)
+        if rel == "":
+            left.append(len(self.tree_prefetch))
+        return dw
+
+    monkeypatch.setattr(backup_mod._Backup, "dir_tree", walk)
+    third = backup(repo, [str(src)], host="h", read_threads=2)
+    assert left == [0] and third.stats.files_unchanged == 39 and not third.stats.warnings

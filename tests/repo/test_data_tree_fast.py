@@ -156,5 +156,30 @@ def test_backup_reuses_unchanged_and_rereads_a_bad_parent_entry(tmp_path: Path, 
     # the re-read file gives back the good entry: d's tree is first's again; d's own record may differ from
     # first's in its access time only (it differs from the bad parent's in its subtree, so it is taken anew)
     assert same_but_atime(repo, third.tree, first.tree)
+    assert obj_to_node(parse_tree_objects(repo.read_blob(third.tree))[b"d"], "t").subtree == sub_id
     n = Node(name=b"x", type=NodeType.FILE)
     assert obj_to_node(node_to_obj(n), "t") == n
+
+
+@pytest.mark.parametrize("bad_at", [-1, "x", 1.5, None, True, 1 << 70])
+def test_a_parent_entry_with_a_bad_atime_is_not_kept(tmp_path: Path, repo: Any, bad_at: Any) -> None:
+    """A parent record that differs from the new one in its atime alone is kept only if that atime is valid:
+    a malformed one (written by a client with the keys) is read again with a warning, never carried on."""
+    from frieze.repo.backup import backup
+    from frieze.repo.types import BlobKind
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data" * 100)
+    first = backup(repo, [src], host="h")
+    root = parse_tree_objects(repo.read_blob(first.tree))
+    root[b"f"] = {**root[b"f"], "at": bad_at}
+    rblob = encode_objects(list(root.items()))
+    with repo.writer(host="h") as w:
+        w.add_blob(repo.chunk_id(rblob), rblob, kind=BlobKind.TREE)
+        bad = w.commit(tree=repo.chunk_id(rblob), paths=[str(src)], host="h", tags=[], label=None,
+                       parent=None, stats={})
+    got = backup(repo, [src], host="h", parent=bad)
+    assert got.stats.files_unchanged == 0 and got.stats.files_read == 1
+    assert any("unreadable" in w for w in got.stats.warnings), got.stats.warnings
+    assert decode_tree(repo.read_blob(got.tree), got.tree)[0].atime_ns == (src / "f").stat().st_atime_ns

@@ -75,10 +75,10 @@ def main() -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
         try:
+            req = json.loads(line)
+            if req.get("op") == "exit":
+                break
             reply = r.handle(req)
         except Exception as e:  # reported to the driver, which fails that tool's run
             reply = {"error": f"{type(e).__name__}: {e}"}

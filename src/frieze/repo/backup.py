@@ -472,12 +472,19 @@ class _Backup:
             out.append((st, xattrs))
         return out
 
-    def _prefetch_trees(self, pdir: _ParentDir | None, entries: list[tuple[bytes, bytes]]) -> None:
+    #: Parent trees read ahead and not yet used, at most (each is a tree blob in memory).
+    TREES_AHEAD = 32
+
+    def _prefetch_trees(self, pdir: _ParentDir | None, entries: list[tuple[bytes, bytes]]) -> list[bytes]:
         """Start reading the parent trees of this directory's subdirectories on the stat threads (cold, each is
-        a pack read), so that each is there when the walk descends into it."""
+        a pack read), so that each is there when the walk descends into it. Returns the ids it started (the
+        caller drops those its walk did not use)."""
+        started: list[bytes] = []
         if pdir is None or self.statters is None:
-            return
+            return started
         for name, _path in entries:
+            if len(self.tree_prefetch) >= self.TREES_AHEAD:
+                break  # a directory of very many subdirectories: the rest are read when the walk gets there
             o = pdir.objs.get(name)
             if o is None or o.get("t") != "dir" or not isinstance(o.get("st"), str):
                 continue
@@ -487,6 +494,8 @@ class _Backup:
                 continue  # reported when the walk reaches it
             if tid not in self.tree_prefetch:
                 self.tree_prefetch[tid] = self.statters.submit(self.repo.read_blob, tid)
+                started.append(tid)
+        return started
 
     def _prefetch(self, entries: list[tuple[bytes, bytes]], dir_fd: int | None,
                   into: list[Future[list[_Meta]]]) -> None:
@@ -507,9 +516,10 @@ class _Backup:
                      dir_fd: int | None = None) -> _DirWork:
         dw = _DirWork(self.parent_dir(parent_tree))
         metas: list[Future[list[_Meta]]] = []
+        ahead: list[bytes] = []
         try:
             self._prefetch(entries, dir_fd, metas)
-            self._prefetch_trees(dw.pdir, entries)
+            ahead = self._prefetch_trees(dw.pdir, entries)
             for i, (name, path) in enumerate(entries):
                 child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
                 meta = metas[i // self.STAT_BATCH].result()[i % self.STAT_BATCH] if metas else None
@@ -517,6 +527,10 @@ class _Backup:
                 if item is not None:
                     dw.items.append((name, item))
         finally:
+            for tid in ahead:  # read ahead for a subdirectory the walk did not descend into (gone, now a file)
+                fut = self.tree_prefetch.pop(tid, None)
+                if fut is not None:
+                    fut.cancel()
             if metas:  # none may still use dir_fd once the caller closes it
                 for f in metas:
                     f.cancel()
@@ -560,8 +574,7 @@ class _Backup:
         obj = node_to_obj(node)
         if node.type is NodeType.DIR and pdir is not None:
             pobj = pdir.objs.get(node.name)
-            if (pobj is not None and obj != pobj and obj.get("at") != pobj.get("at")
-                    and {**obj, "at": 0} == {**pobj, "at": 0}):
+            if pobj is not None and obj != pobj and _only_atime_moved(obj, pobj):
                 return pobj
         return obj
 
@@ -674,7 +687,7 @@ class _Backup:
         x = pobj.get("x")
         if x is not None:
             obj["x"] = x
-        if obj != pobj and (obj.get("at") == pobj.get("at") or {**obj, "at": 0} != {**pobj, "at": 0}):
+        if obj != pobj and not _only_atime_moved(obj, pobj):
             # Anything but the access time differs: the long way. When only the atime moved (any reader of
             # the file moves it, another backup tool included), the file is unchanged and keeps the parent's
             # record, atime included, so its directory's tree is the parent's too.
@@ -964,6 +977,16 @@ class _Backup:
 
 
 _LENGTH = operator.itemgetter(1)  # Extent.length
+
+
+def _only_atime_moved(obj: dict[str, Any], pobj: dict[str, Any]) -> bool:
+    """Whether the new object ``obj`` and the parent's ``pobj`` differ in the access time alone, and the
+    parent's is a valid one (an int in range, or absent), so that keeping ``pobj`` keeps a record that
+    :func:`~frieze.repo.tree.obj_to_node` accepts."""
+    pat = pobj.get("at", 0)
+    if type(pat) is not int or not 0 <= pat < 1 << 64 or obj.get("at", 0) == pat:
+        return False
+    return {**obj, "at": 0} == {**pobj, "at": 0}
 
 
 def _scan_totals(paths: list[bytes]) -> tuple[int, int]:
