@@ -6,8 +6,8 @@ memory-hard KDF runs once) and, for each backup, refreshes the index (``load_ind
 :func:`frieze.repo.backup.backup` with the volume's previous snapshot as parent and the provider's changed
 ranges. This process does the same, driven by JSON lines on stdin (one reply line on stdout each):
 
-- ``{"op": "open", "repo": PATH, "password_file": PATH}``: open the repository (untimed: the coordinator has
-  it open since its previous backup);
+- ``{"op": "open", "repo": PATH, "password_file": PATH}``: open the repository and import the backup code
+  (untimed: the coordinator has both since its previous backup);
 - ``{"op": "backup", "paths": [...], "host": H, "tags": [...], "fixed_blocks": {GLOB: PAGE},
   "changed_ranges": PATH | null}``: ``load_index``, read the ranges file, back up; the reply carries the
   seconds, CPU seconds and the peak RSS of this process, and the snapshot id;
@@ -45,6 +45,7 @@ class Resident:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "open":
+            import frieze.repo.backup  # noqa: F401  (imported once, as in a coordinator that has backed up before)
             from frieze.repo.blobstore.registry import open_store
             from frieze.repo.repository import Repository
 
