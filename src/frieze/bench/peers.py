@@ -205,13 +205,9 @@ class FriezeMover(Frieze):
         self._call({"op": "open", "repo": str(self.repo), "password_file": str(self.password_file)})
 
     def backup(self, src: Path, name: str) -> Timing:
-        globs = {}
-        for g in self.fixed_blocks:
-            glob, _, size = g.partition("=")
-            globs[glob] = int(size)
         t0 = time.perf_counter()
         r = self._call({"op": "backup", "paths": [str(src)], "host": socket.gethostname(), "tags": [name],
-                        "fixed_blocks": globs,
+                        "fixed_blocks": self.fixed_blocks,
                         "changed_ranges": str(self.changed_ranges) if self.changed_ranges else None})
         return Timing(time.perf_counter() - t0, float(r["cpu_seconds"]), float(r["max_rss_mb"]))
 

@@ -118,55 +118,6 @@ def init(repo: Repo = None, password_file: PasswordFile = None, as_json: Json = 
 
 # ----------------------------------------------------------------------------------------------- backup
 
-def _fixed_blocks(specs: list[str]) -> dict[str, Any]:
-    """``GLOB=PAGE`` or ``GLOB=PAGE:BLOCK`` (bytes), or a preset ``postgres`` / ``innodb`` (globs relative to
-    the snapshot root)."""
-    from frieze.repo.chunking import INNODB_GLOBS, POSTGRES_GLOBS, FixedBlocks
-
-    out_: dict[str, Any] = {}
-    for s in specs:
-        if s in ("postgres", "innodb"):
-            out_.update(POSTGRES_GLOBS if s == "postgres" else INNODB_GLOBS)
-            continue
-        glob, sep, val = s.rpartition("=")
-        if not sep or not glob:
-            raise UsageError(f"--fixed-blocks {s!r}: use GLOB=PAGE, GLOB=PAGE:BLOCK, postgres or innodb")
-        try:
-            if ":" in val:
-                page, block = (int(x) for x in val.split(":", 1))
-                out_[glob] = FixedBlocks(page_size=page, block_size=block)
-            else:
-                out_[glob] = int(val)
-                if out_[glob] <= 0:
-                    raise ValueError
-        except ValueError:
-            raise UsageError(f"--fixed-blocks {s!r}: sizes must be positive integers (bytes)") from None
-    return out_
-
-
-def _changed_ranges(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFound(f"--changed-ranges file {path} does not exist", path=str(path)) from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--changed-ranges file {path}: {e}", path=str(path)) from None
-    if not isinstance(d, dict):
-        raise UsageError(f"--changed-ranges file {path}: expected an object of path -> [[offset, length], ...]")
-    outm: dict[str, Any] = {}
-    for k, v in d.items():
-        if v is None:
-            outm[str(k)] = None
-            continue
-        try:
-            outm[str(k)] = [(int(a), int(b)) for a, b in v]
-        except (TypeError, ValueError):
-            raise UsageError(f"--changed-ranges file {path}: bad ranges for {k!r}") from None
-    return outm
-
-
 @app.command()
 @handle_errors
 def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or directories to back up")] = None,
@@ -187,6 +138,8 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
            progress: ShowProgress = None) -> None:
     """Back up files and directories as one snapshot (unchanged files of the parent are not read again)."""
     from frieze.repo.backup import backup as do_backup
+    from frieze.repo.backup import load_changed_ranges
+    from frieze.repo.chunking import parse_fixed_blocks
 
     if not paths:
         raise UsageError("backup needs at least one path")
@@ -200,8 +153,8 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
             lab = json.loads(label)
         except ValueError as e:
             raise UsageError(f"--label is not valid JSON ({e})") from None
-    globs = _fixed_blocks(fixed_blocks or [])
-    ranges = _changed_ranges(changed_ranges)
+    globs = parse_fixed_blocks(fixed_blocks or [])
+    ranges = load_changed_ranges(changed_ranges) if changed_ranges is not None else None
     if threads is not None and threads < 1:
         raise UsageError("--threads must be at least 1")
     if not 0 <= read_threads <= 64:

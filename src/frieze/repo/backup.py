@@ -486,7 +486,7 @@ class _Backup:
             if len(self.tree_prefetch) >= self.TREES_AHEAD:
                 break  # a directory of very many subdirectories: the rest are read when the walk gets there
             o = pdir.objs.get(name)
-            if o is None or o.get("t") != "dir" or not isinstance(o.get("st"), str):
+            if o is None or o.get("t") != "dir" or "st" not in o:
                 continue
             try:
                 tid = subtree_id(o)
@@ -574,7 +574,7 @@ class _Backup:
         obj = node_to_obj(node)
         if node.type is NodeType.DIR and pdir is not None:
             pobj = pdir.objs.get(node.name)
-            if pobj is not None and obj != pobj and _only_atime_moved(obj, pobj):
+            if pobj is not None and _same_record(obj, pobj):
                 return pobj
         return obj
 
@@ -687,7 +687,7 @@ class _Backup:
         x = pobj.get("x")
         if x is not None:
             obj["x"] = x
-        if obj != pobj and not _only_atime_moved(obj, pobj):
+        if not _same_record(obj, pobj):
             # Anything but the access time differs: the long way. When only the atime moved (any reader of
             # the file moves it, another backup tool included), the file is unchanged and keeps the parent's
             # record, atime included, so its directory's tree is the parent's too.
@@ -979,14 +979,42 @@ class _Backup:
 _LENGTH = operator.itemgetter(1)  # Extent.length
 
 
-def _only_atime_moved(obj: dict[str, Any], pobj: dict[str, Any]) -> bool:
-    """Whether the new object ``obj`` and the parent's ``pobj`` differ in the access time alone, and the
-    parent's is a valid one (an int in range, or absent), so that keeping ``pobj`` keeps a record that
-    :func:`~frieze.repo.tree.obj_to_node` accepts."""
+def _same_record(obj: dict[str, Any], pobj: dict[str, Any]) -> bool:
+    """Whether the parent's object ``pobj`` may stand for the new object ``obj``: they are equal, or differ in
+    the access time alone and the parent's is a valid one (an int in range, or absent), so that keeping
+    ``pobj`` keeps a record that :func:`~frieze.repo.tree.obj_to_node` accepts."""
+    if obj == pobj:
+        return True
     pat = pobj.get("at", 0)
     if type(pat) is not int or not 0 <= pat < 1 << 64 or obj.get("at", 0) == pat:
         return False
     return {**obj, "at": 0} == {**pobj, "at": 0}
+
+
+def load_changed_ranges(path: os.PathLike[str] | str) -> dict[str, Ranges | None]:
+    """A ``changed_ranges`` map from a JSON file (snapshot path -> ``[[offset, length], ...]`` or null), as
+    ``frieze repo backup --changed-ranges`` takes it; NotFound or UsageError naming the problem."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise NotFound(f"--changed-ranges file {path} does not exist", path=str(path)) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--changed-ranges file {path}: {e}", path=str(path)) from None
+    if not isinstance(d, dict):
+        raise UsageError(f"--changed-ranges file {path}: expected an object of path -> [[offset, length], ...]")
+    out: dict[str, Ranges | None] = {}
+    for k, v in d.items():
+        if v is None:
+            out[str(k)] = None
+            continue
+        try:
+            out[str(k)] = [(int(a), int(b)) for a, b in v]
+        except (TypeError, ValueError):
+            raise UsageError(f"--changed-ranges file {path}: bad ranges for {k!r}") from None
+    return out
 
 
 def _scan_totals(paths: list[bytes]) -> tuple[int, int]:

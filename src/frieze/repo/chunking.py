@@ -197,3 +197,28 @@ POSTGRES_GLOBS: dict[str, int | FixedBlocks] = {"base/**": POSTGRES_BLOCKS, "glo
 #: MariaDB/InnoDB tablespaces (16 KiB pages), one page per block.
 INNODB_BLOCKS = FixedBlocks(page_size=16384, block_size=16384)
 INNODB_GLOBS: dict[str, int | FixedBlocks] = {"**/*.ibd": INNODB_BLOCKS, "ibdata*": INNODB_BLOCKS}
+
+
+def parse_fixed_blocks(specs: list[str]) -> dict[str, int | FixedBlocks]:
+    """``GLOB=PAGE`` or ``GLOB=PAGE:BLOCK`` (bytes), or a preset ``postgres`` / ``innodb`` (globs relative to
+    the snapshot root), as ``frieze repo backup --fixed-blocks`` takes them; UsageError naming a bad one."""
+    out: dict[str, int | FixedBlocks] = {}
+    for s in specs:
+        if s in ("postgres", "innodb"):
+            out.update(POSTGRES_GLOBS if s == "postgres" else INNODB_GLOBS)
+            continue
+        glob, sep, val = s.rpartition("=")
+        if not sep or not glob:
+            raise UsageError(f"--fixed-blocks {s!r}: use GLOB=PAGE, GLOB=PAGE:BLOCK, postgres or innodb")
+        try:
+            if ":" in val:
+                page, block = (int(x) for x in val.split(":", 1))
+                out[glob] = FixedBlocks(page_size=page, block_size=block)
+            else:
+                page_size = int(val)
+                if page_size <= 0:
+                    raise ValueError
+                out[glob] = page_size
+        except ValueError:
+            raise UsageError(f"--fixed-blocks {s!r}: sizes must be positive integers (bytes)") from None
+    return out
