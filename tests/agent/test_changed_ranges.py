@@ -112,8 +112,10 @@ def test_incremental_moves_and_reads_only_the_changed_ranges(tmp_path: Path, pki
             r2 = mover.ingest(vol.id, port.source(vol, "s2"))
             assert r2.ranges_parent == "s1" and r2.changed_ranges is not None and r2.files_patched == 1
             assert r2.changed_ranges["big.bin"] == big_ranges
+            assert r2.mirror_parent == "s1" and "big.bin" in r2.changed_paths
+            assert "small.txt" not in r2.changed_paths
             b2 = backup(repo, [str(mirror)], host="frieze:vol-1", fixed_block_globs=globs,
-                        changed_ranges=r2.changed_ranges)
+                        changed_ranges=r2.changed_ranges, changed_paths=r2.changed_paths)
             assert b2.parent == b1.snapshot_id
             # the mirror is the host's second snapshot, bit for bit
             want = blake3.blake3(big.read_bytes()).hexdigest()

@@ -24,9 +24,10 @@ from frieze.core.errors import AlreadyExists, StaleEpoch
 
 
 class _Source:
-    def __init__(self, root: Path, corrupt: str | None = None) -> None:
+    def __init__(self, root: Path, corrupt: str | None = None, snap_id: str | None = None) -> None:
         self.root = root
         self.corrupt = corrupt
+        self.snap_id = snap_id  # as the agent's source has it: the mirror then knows which snapshot it holds
 
     def entries(self) -> list[FileEntry]:
         out = []
@@ -154,7 +155,7 @@ class LocalPort:
         shutil.rmtree(self._snap(volume, snap_id), ignore_errors=True)
 
     def source(self, volume: VolumeRef, snap_id: str) -> _Source:
-        return _Source(self._snap(volume, snap_id), self.corrupt)
+        return _Source(self._snap(volume, snap_id), self.corrupt, snap_id)
 
     def target_state(self, path: str) -> dict[str, Any]:
         p = Path(path)

@@ -145,3 +145,65 @@ def test_mover_fetches_only_changes_and_checks_digests(tmp_path: Path) -> None:
         m.ingest("vol-1", _Src(files3, lie="d/a"))
     assert (root / "d" / "a").read_bytes() == before  # nothing stored from the bad transfer
     assert not list(root.rglob(".frieze-in-*"))
+
+
+class _TreeSrc:
+    """A host snapshot given as entries and file contents, with a snapshot id (so the mirror knows what it holds)."""
+
+    def __init__(self, snap_id: str, files: dict[str, bytes], dirs: dict[str, int],
+                 links: dict[str, str] | None = None, modes: dict[str, int] | None = None) -> None:
+        self.snap_id, self.files, self.dirs, self.links, self.modes = snap_id, files, dirs, links or {}, modes or {}
+
+    def entries(self) -> list[FileEntry]:
+        out = [FileEntry(d, "dir", mode=0o755, mtime_ns=mt) for d, mt in self.dirs.items()]
+        out += [FileEntry(p, "file", len(b), self.modes.get(p, 0o644), 10**18 + len(b), blake3.blake3(b).hexdigest())
+                for p, b in self.files.items()]
+        out += [FileEntry(p, "symlink", target=t) for p, t in self.links.items()]
+        return out
+
+    def read(self, path: str) -> list[bytes]:
+        return [self.files[path]]
+
+
+def test_the_mover_reports_exactly_what_it_changed_and_leaves_the_rest_untouched(tmp_path: Path) -> None:
+    """Each ingest lists the mirror paths it removed, created or changed; an unchanged entry's metadata is not set
+    again (its ctime stays, so the repository's metadata rule sees it unchanged); and a backup given that list,
+    with the previous snapshot of the mirror as parent, is the full walk's snapshot and reads only those files."""
+    from frieze.repo.backup import backup
+    from frieze.repo.restore import restore
+    from tests.repo.test_data_support import make_repo, same_but_atime, tree_listing
+
+    m = Mover(tmp_path / "staging")
+    files = {f"d{i}/f{j}": bytes([i, j]) * 100 for i in range(5) for j in range(10)}
+    dirs = {f"d{i}": 10**18 + i for i in range(5)}
+    r1 = m.ingest("v", _TreeSrc("s1", files, dirs, links={"d0/l": "f1"}))
+    assert r1.mirror_parent is None and len(r1.changed_paths) == 56
+    root = m.mirror_dir("v")
+    repo = make_repo()
+    b1 = backup(repo, [root], host="h")
+    ctimes = {p: os.lstat(p).st_ctime_ns for p in root.rglob("*")}
+    r2 = m.ingest("v", _TreeSrc("s2", files, dirs, links={"d0/l": "f1"}))
+    assert r2.mirror_parent == "s1" and r2.changed_paths == []
+    assert {p: os.lstat(p).st_ctime_ns for p in root.rglob("*")} == ctimes
+    b2 = backup(repo, [root], host="h", parent=b1.snapshot_id, changed_paths=r2.changed_paths)
+    assert b2.tree == b1.tree and b2.stats.files_read == 0 and b2.stats.subtrees_kept == 5
+    full2 = backup(repo, [root], host="h", parent=b1.snapshot_id)
+    assert full2.stats.files_read == 0  # the metadata rule alone: nothing re-read either
+    files3 = dict(files)
+    files3["d1/f2"] = b"changed"
+    del files3["d2/f0"]
+    files3["d3/new"] = b"new"
+    dirs3 = {**dirs, "d4/sub": 5}
+    r3 = m.ingest("v", _TreeSrc("s3", files3, dirs3, links={"d0/l": "f2"}, modes={"d4/f1": 0o600}))
+    assert r3.mirror_parent == "s2"
+    # a directory whose entry was replaced (a fetched file is renamed in) gets its mtime back, so is listed too
+    assert r3.changed_paths == ["d0", "d0/l", "d1", "d1/f2", "d2", "d2/f0", "d3", "d3/new", "d4", "d4/f1",
+                                "d4/sub"]
+    b3 = backup(repo, [root], host="h", parent=b2.snapshot_id, changed_paths=r3.changed_paths)
+    full3 = backup(repo, [root], host="h", parent=b2.snapshot_id)
+    assert same_but_atime(repo, b3.tree, full3.tree)
+    assert b3.stats.files_read == 3  # d1/f2, d3/new, and d4/f1 (its mode changed)
+    assert not b3.stats.warnings
+    out = tmp_path / "out"
+    restore(repo, b3.snapshot_id, out)
+    assert tree_listing(out) == tree_listing(root)

@@ -29,11 +29,22 @@ def test_backup_restore_application_consistent(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     port = LocalPort("h1", tmp_path / "snaps")
+    for d in ("static/a", "static/b"):  # unchanged between backups: the second keeps them unwalked
+        (vol / d).mkdir(parents=True)
+        for i in range(5):
+            (vol / d / f"f{i}").write_text(f"{d} {i}\n")
     with coordinator(tmp_path, port) as c, CounterApp(vol / "app.db") as app:
         provision(c, vol, f"file://{tmp_path}/repo")
         acc = c.submit_backup("ps1", None, "r1", None)
         st = c.engine.wait(acc["operation_id"], timeout=120)
         assert st.state.value == "complete", (st.error, st.undo_errors)
+        # a second backup: the mover hands the backup what its ingest changed, the rest is the parent's
+        acc_b = c.submit_backup("ps1", None, "r1", None)
+        st_b = c.engine.wait(acc_b["operation_id"], timeout=120)
+        assert st_b.state.value == "complete", (st_b.error, st_b.undo_errors)
+        lines = [x["message"] for x in c.operation_logs(acc_b["operation_id"], 0)]
+        assert any("paths changed since the parent snapshot" in x for x in lines), lines
+        assert any("1 directories kept from the parent unwalked" in x for x in lines), lines
         res = c.operation_status(acc["operation_id"])["result"]
         rp = c.resources.get_restore_point(res["restore_point_id"])
         assert rp["consistency"] == "application-consistent"

@@ -119,6 +119,8 @@ class Frieze(Tool):
         self.snap: dict[str, str] = {}
         #: a JSON file of changed byte ranges for the next backup (``--changed-ranges``), if any
         self.changed_ranges: Path | None = None
+        #: a JSON file of every path changed since the parent (``--changed-paths``), if any
+        self.changed_paths: Path | None = None
 
     def _cli(self, *args: str) -> list[str]:
         exe = Path(sys.executable).with_name("frieze")
@@ -159,6 +161,8 @@ class Frieze(Tool):
             fb += ["--fixed-blocks", g]
         if self.changed_ranges is not None:
             fb += ["--changed-ranges", str(self.changed_ranges)]
+        if self.changed_paths is not None:
+            fb += ["--changed-paths", str(self.changed_paths)]
         t = _run(self._cli("backup", str(src), "--tag", name, "--quiet", *fb), self.env())
         return t
 
@@ -208,7 +212,8 @@ class FriezeMover(Frieze):
         t0 = time.perf_counter()
         r = self._call({"op": "backup", "paths": [str(src)], "host": socket.gethostname(), "tags": [name],
                         "fixed_blocks": self.fixed_blocks,
-                        "changed_ranges": str(self.changed_ranges) if self.changed_ranges else None})
+                        "changed_ranges": str(self.changed_ranges) if self.changed_ranges else None,
+                        "changed_paths": str(self.changed_paths) if self.changed_paths else None})
         return Timing(time.perf_counter() - t0, float(r["cpu_seconds"]), float(r["max_rss_mb"]))
 
     def close(self) -> None:

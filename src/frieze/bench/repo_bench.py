@@ -4,7 +4,10 @@ Phases, each run for every tool in turn:
 1. first backup of the whole corpus (text, binaries, random data, a pgbench PostgreSQL data directory),
    twice per tool in turn, each into a new repository (the faster run kept);
 2. incremental backup after about 1 % of the database's pages changed (an UPDATE of a contiguous 1 % of
-   pgbench_accounts, then CHECKPOINT; the pages that really changed are counted and printed);
+   pgbench_accounts, then CHECKPOINT; the pages that really changed are counted and printed). ``frieze``
+   gets no hint (the metadata rule alone); ``frieze+ranges`` and ``frieze-mover`` get the changed byte ranges
+   (from the page digests before and after) and the changed paths (from ``lstat`` of the whole corpus before
+   and after: what btrfs's ``send --no-data -p`` or the mover's ingest reports), both computed untimed;
 3. restore of the incremental backup into an empty directory, twice per tool in turn (the faster run kept);
    each is also timed until its data is on disk (a ``sync`` right after it; ``restore_on_disk_vs_restic``,
    no target): restic and borg write through the page cache and may stop their clocks with gigabytes dirty,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -67,6 +71,8 @@ class BenchReport:
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     spec: dict[str, int] = field(default_factory=dict)
+    #: paths given to the hinted incrementals as changed since the first backup (``--changed-paths``)
+    changed_paths: int = 0
 
 
 def page_digests(root: Path) -> dict[tuple[str, int], bytes]:
@@ -81,6 +87,28 @@ def page_digests(root: Path) -> dict[tuple[str, int], bytes]:
                     out[(rel, i)] = blake3.blake3(chunk).digest(16)
                     i += 1
     return out
+
+
+def stat_map(root: Path) -> dict[str, tuple[int, ...] | str]:
+    """Every entry below ``root`` by relative path: what a snapshot provider compares between two snapshots
+    (type and mode, owner, size, mtime, ctime, inode; a symlink's target). Access times are left out."""
+    out: dict[str, tuple[int, ...] | str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            out[rel] = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return out
+
+
+def changed_paths(before: dict[str, tuple[int, ...] | str], after: dict[str, tuple[int, ...] | str],
+                  also: list[str]) -> list[str]:
+    """The paths a ``--changed-paths`` backup is given: every entry added, removed or changed between the two
+    maps (as btrfs's ``send --no-data -p`` lists the inodes that differ between two snapshots), and ``also``."""
+    out = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return sorted(out | set(also))
 
 
 def _compare_trees(a: Path, b: Path) -> bool:
@@ -241,6 +269,7 @@ def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[st
             mv.close()
             say(f"{MOVER}: {e}")
 
+    stats_before = stat_map(src)
     pg = PgServer(src / "pgdata", work / "pgsock")
     before = page_digests(src / "pgdata")
     corpus.change_db_pages(pg, 0.01)
@@ -249,11 +278,20 @@ def run(work: Path, spec: corpus.CorpusSpec, tools: list[str], say: Callable[[st
     report.db_pages_changed = sum(1 for k, v in after.items() if before.get(k) != v)
     say(f"database: {report.db_pages_changed} of {report.db_pages_total} pages changed "
         f"({100 * report.db_pages_changed / max(1, report.db_pages_total):.2f} %)")
+    ranges = changed_ranges(before, after, "pgdata")
     ranges_file = work / "changed-ranges.json"
-    ranges_file.write_text(json.dumps(changed_ranges(before, after, "pgdata")))
+    ranges_file.write_text(json.dumps(ranges))
+    # and every path that changed (the snapshot provider's, or the mover's ingest's, list): the other directories
+    # keep the parent's subtree without being walked
+    paths = changed_paths(stats_before, stat_map(src), list(ranges))
+    report.changed_paths = len(paths)
+    paths_file = work / "changed-paths.json"
+    paths_file.write_text(json.dumps(paths))
+    say(f"changed paths since the first backup: {len(paths)} (given to {RANGES} and {MOVER})")
     for r in runners:
         if r.name in (RANGES, MOVER) and isinstance(r, Frieze):
             r.changed_ranges = ranges_file
+            r.changed_paths = paths_file
 
     for r in runners:
         res = results[r.name]
@@ -396,8 +434,9 @@ def render(rep: BenchReport) -> str:
                      f"{t.incr_stored_delta / 1e6:9.1f} {per} {rm} {ok:>4s}"
                      + (f"  error: {t.error[:200]}" if t.error else ""))
     if any(t.tool == RANGES for t in rep.tools):
-        lines.append(f"({RANGES}: frieze's first backup, then the incremental given the changed byte ranges, "
-                     "as a btrfs/reflink snapshot provider supplies them)")
+        lines.append(f"({RANGES}: frieze's first backup, then the incremental given the changed byte ranges and "
+                     f"the {rep.changed_paths} changed paths, as a btrfs/reflink snapshot provider or the mover's "
+                     "ingest supplies them)")
     if any(t.tool == MOVER for t in rep.tools):
         lines.append(f"({MOVER}: the same incremental run by a long-lived process that has the repository open, "
                      "as the coordinator's mover runs it; its restores are frieze's)")

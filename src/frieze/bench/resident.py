@@ -9,8 +9,9 @@ ranges. This process does the same, driven by JSON lines on stdin (one reply lin
 - ``{"op": "open", "repo": PATH, "password_file": PATH}``: open the repository and import the backup code
   (untimed: the coordinator has both since its previous backup);
 - ``{"op": "backup", "paths": [...], "host": H, "tags": [...], "fixed_blocks": ["GLOB=PAGE", ...],
-  "changed_ranges": PATH | null}`` (as the CLI's ``--fixed-blocks`` and ``--changed-ranges`` take them):
-  ``load_index``, read the ranges file, back up; the reply carries the
+  "changed_ranges": PATH | null, "changed_paths": PATH | null}`` (as the CLI's ``--fixed-blocks``,
+  ``--changed-ranges`` and ``--changed-paths`` take them): ``load_index``, read the files, back up (the
+  coordinator hands the backup the ingest's changed paths the same way); the reply carries the
   seconds, CPU seconds and the peak RSS of this process, and the snapshot id;
 - ``{"op": "exit"}``.
 
@@ -49,16 +50,17 @@ class Resident:
             self.repo = Repository.open(open_store(str(req["repo"])), pw)
             return {"ok": True, "repository": self.repo.id}
         if op == "backup":
-            from frieze.repo.backup import backup, load_changed_ranges
+            from frieze.repo.backup import backup, load_changed_paths, load_changed_ranges
             from frieze.repo.chunking import parse_fixed_blocks
 
             if self.repo is None:
                 raise RuntimeError("backup before open")
             t0, c0 = time.perf_counter(), _cpu()
             self.repo.load_index()
-            ranges = req.get("changed_ranges")
+            ranges, cpaths = req.get("changed_ranges"), req.get("changed_paths")
             res = backup(self.repo, list(req["paths"]), host=str(req["host"]), tags=list(req.get("tags") or []),
                          parent="auto", changed_ranges=load_changed_ranges(ranges) if ranges else None,
+                         changed_paths=load_changed_paths(cpaths) if cpaths else None,
                          fixed_block_globs=parse_fixed_blocks(list(req.get("fixed_blocks") or [])) or None)
             dt, cpu = time.perf_counter() - t0, _cpu() - c0
             return {"seconds": dt, "cpu_seconds": cpu, "snapshot_id": res.snapshot_id,

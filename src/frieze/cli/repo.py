@@ -130,6 +130,9 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
                "--fixed-blocks", help="GLOB=PAGE[:BLOCK] or postgres/innodb: page-aligned blocks")] = None,
            changed_ranges: Annotated[Path | None, typer.Option(
                help="JSON file: snapshot path -> [[offset, length], ...] or null")] = None,
+           changed_paths: Annotated[Path | None, typer.Option(
+               help="JSON file: array of every snapshot path that may differ from the parent "
+                    "(other directories keep the parent's subtree unwalked)")] = None,
            threads: Annotated[int | None, typer.Option(help="worker threads (default: CPUs)")] = None,
            read_threads: Annotated[int, typer.Option(help="files read at once (0: read by the walking thread)")] = 2,
            direct_io: Annotated[bool, typer.Option(
@@ -138,7 +141,7 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
            progress: ShowProgress = None) -> None:
     """Back up files and directories as one snapshot (unchanged files of the parent are not read again)."""
     from frieze.repo.backup import backup as do_backup
-    from frieze.repo.backup import load_changed_ranges
+    from frieze.repo.backup import load_changed_paths, load_changed_ranges
     from frieze.repo.chunking import parse_fixed_blocks
 
     if not paths:
@@ -155,6 +158,9 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
             raise UsageError(f"--label is not valid JSON ({e})") from None
     globs = parse_fixed_blocks(fixed_blocks or [])
     ranges = load_changed_ranges(changed_ranges) if changed_ranges is not None else None
+    cpaths = load_changed_paths(changed_paths) if changed_paths is not None else None
+    if cpaths is not None and parent == "none":
+        raise UsageError("--changed-paths needs a parent snapshot (not --parent none)")
     if threads is not None and threads < 1:
         raise UsageError("--threads must be at least 1")
     if not 0 <= read_threads <= 64:
@@ -164,9 +170,9 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
     show = progress_wanted(as_json, quiet, progress)
     with Bar(show, "backup", force_terminal=bool(progress)) as bar:
         res = do_backup(r, list(abs_paths), host=host or default_host(), tags=list(tag or []), label=lab,
-                        parent=par, changed_ranges=ranges, fixed_block_globs=globs or None,
-                        progress=bar.event if show else None, threads=threads, read_threads=read_threads,
-                        direct_io=direct_io)
+                        parent=par, changed_ranges=ranges, changed_paths=cpaths,
+                        fixed_block_globs=globs or None, progress=bar.event if show else None, threads=threads,
+                        read_threads=read_threads, direct_io=direct_io)
     s = res.stats
     if as_json:
         emit_json({"repository": r.id, **res.to_dict()})
@@ -178,7 +184,9 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
     out.print(f"snapshot [bold]{res.snapshot_id[:8]}[/] saved ({res.snapshot_id})"
               + (f", parent {res.parent[:8]}" if res.parent else ", no parent"))
     out.print(f"  {s.files} files, {s.dirs} dirs, {human_bytes(s.bytes_total)} in {s.duration_s:.1f} s "
-              f"({human_bytes(rate)}/s); {s.files_unchanged} unchanged, read {human_bytes(s.bytes_read)}, "
+              f"({human_bytes(rate)}/s); {s.files_unchanged} unchanged"
+              + (f", {s.subtrees_kept} directories kept unwalked" if s.subtrees_kept else "")
+              + f", read {human_bytes(s.bytes_read)}, "
               f"new {human_bytes(s.bytes_new)} in {s.chunks_new} chunks", markup=False)
     for w in s.warnings[:20]:
         warn(w)

@@ -27,6 +27,13 @@ never correctness. :attr:`IngestResult.changed_ranges` hands the map on (relativ
 :attr:`IngestResult.ranges_parent`) for the repository's backup (``changed_ranges=``), whose parent must then
 be the repository snapshot of that earlier ingest.
 
+Changed paths: every ingest also knows exactly what it changed in the mirror (entries removed, created,
+fetched, patched, or whose owner, mode or mtime it set). :attr:`IngestResult.changed_paths` hands that list
+on, relative to :attr:`IngestResult.mirror_parent` (the snapshot the mirror held before), for the backup's
+``changed_paths=``: the repository keeps every other directory's subtree from the parent without walking it.
+Owners, modes and times are set only where they differ, so an unchanged entry's ctime does not move (a moved
+ctime would make the backup read the file again).
+
 Restore path (:meth:`Mover.extract`): the repository restores the snapshot (or chosen paths) into a fresh
 coordinator-side staging directory, whose files are then sent to the agent with their digests.
 
@@ -41,7 +48,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -129,6 +136,10 @@ class IngestResult:
     ranges_parent: str | None = None
     #: per file path: changed ranges since ``ranges_parent`` (``[]`` unchanged, None whole), or None (not known)
     changed_ranges: dict[str, Ranges | None] | None = None
+    #: the snapshot the mirror held before this ingest (None: unknown, or an earlier ingest did not finish)
+    mirror_parent: str | None = None
+    #: every mirror path this ingest removed, created or changed (content, owner, mode, mtime), sorted
+    changed_paths: list[str] = field(default_factory=list)
 
 
 class Mover:
@@ -189,6 +200,8 @@ class Mover:
         for e in entries:
             check_rel(e.path)
         ranges_parent, ranges = self._changed_ranges(volume_id, source)
+        mirror_parent = self.mirrored_snapshot(volume_id)
+        changed: set[str] = set()
         self._set_mirrored(volume_id, None)  # until this ingest is complete the mirror is no known snapshot
         npatched = 0
         wanted = {e.path: e for e in entries}
@@ -206,6 +219,7 @@ class Mover:
                 if have is None or have.type != kind:
                     _remove(p)
                     records.pop(rel, None)
+                    changed.add(rel)
         done = 0
         for e in sorted(entries, key=lambda x: (x.path.count("/"), x.path)):
             if cancelled is not None and cancelled():
@@ -218,6 +232,7 @@ class Mover:
                     if os.path.lexists(dest):
                         _remove(dest)
                     os.mkdir(dest, 0o700)
+                    changed.add(e.path)
             elif e.type == "symlink":
                 if e.target is None:
                     raise IntegrityError(f"symlink {e.path!r} of {what} has no target", path=e.path)
@@ -226,6 +241,7 @@ class Mover:
                         continue
                     _remove(dest)
                 os.symlink(e.target, dest)
+                changed.add(e.path)
             elif e.type == "file":
                 rec = records.get(e.path)
                 if (rec is not None and rec.get("size") == e.size and rec.get("mtime_ns") == e.mtime_ns
@@ -240,6 +256,7 @@ class Mover:
                     npatched += kept
                 if not kept:
                     received += self._fetch(source, e, pdir, name, what)
+                changed.add(e.path)
                 nrecv += 1
                 done += e.size
                 records[e.path] = {"size": e.size, "mtime_ns": e.mtime_ns, "digest": e.digest}
@@ -247,16 +264,23 @@ class Mover:
                     progress(done, total)
             else:
                 raise IntegrityError(f"entry {e.path!r} of {what} has unknown type {e.type!r}", path=e.path)
-        # owners, modes and times last (directories after their content). The mirror keeps the host's numeric
-        # owners (when the coordinator runs as root), so the repository records them and a restore gives them back.
+        # owners, modes and times last (directories after their content), each only where it differs (setting
+        # one moves the ctime). The mirror keeps the host's numeric owners (when the coordinator runs as root), so
+        # the repository records them and a restore gives them back.
         as_root = os.geteuid() == 0
         for e in sorted(entries, key=lambda x: -x.path.count("/")):
             p = root / e.path
-            if as_root and (e.uid is not None or e.gid is not None):
+            st = os.lstat(p)
+            if as_root and ((e.uid is not None and e.uid != st.st_uid) or (e.gid is not None and e.gid != st.st_gid)):
                 os.lchown(p, -1 if e.uid is None else e.uid, -1 if e.gid is None else e.gid)
+                changed.add(e.path)
             if e.type != "symlink":
-                os.chmod(p, e.mode & 0o7777)
-                os.utime(p, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+                if stat.S_IMODE(st.st_mode) != e.mode & 0o7777:
+                    os.chmod(p, e.mode & 0o7777)
+                    changed.add(e.path)
+                if st.st_mtime_ns != e.mtime_ns:
+                    os.utime(p, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+                    changed.add(e.path)
         tmp = rec_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(records))
         os.replace(tmp, rec_path)
@@ -267,7 +291,7 @@ class Mover:
         return IngestResult(files=sum(1 for e in entries if e.type == "file"), bytes_total=total,
                             bytes_received=received, files_received=nrecv, files_patched=npatched,
                             ranges_parent=ranges_parent if ranges is not None else None,
-                            changed_ranges=ranges)
+                            changed_ranges=ranges, mirror_parent=mirror_parent, changed_paths=sorted(changed))
 
     def _patch(self, source: SnapshotSource, e: FileEntry, pdir: Path, name: str,
                ranges: Ranges) -> tuple[int, bool]:

@@ -17,6 +17,14 @@ Cost follows change:
   the parent's blob. The caller vouches for the map: a file listed with ``[]`` is not read at all. For a
   content-defined file the ranges only say "changed": the file is read whole. Files not in the map fall
   back to the metadata rule.
+- ``changed_paths`` (with a parent) lists the snapshot paths of every entry that may differ from the
+  parent's: changed, added or removed files, directories, symlinks (a superset is allowed, a subset never; the
+  keys of ``changed_ranges`` count as listed). The caller vouches for the rest: a directory that is neither
+  listed nor above a listed path, and whose own record matches the parent's (the metadata rule), keeps the
+  parent's record and subtree without being walked, so the cost is that of the listed paths' directories, not
+  of the tree. The snapshot providers and the coordinator's mover know this set (what the ingest wrote). Its
+  directories' own records are still compared: one whose metadata changed is walked anyway, with a warning.
+  The data blobs of a kept subtree are not looked up (its tree blob is); ``check --read-data`` finds damage.
 
 Speed: the calling thread walks (``lstat``, metadata, the parent comparison); files that must be read are
 read and cut by ``read_threads`` reader threads (``readinto`` into a per-thread chunker buffer, ``pread``
@@ -93,6 +101,8 @@ class BackupStats:
     bytes_new: int = 0
     trees: int = 0
     trees_new: int = 0
+    #: directories kept from the parent without being walked (``changed_paths``)
+    subtrees_kept: int = 0
     duration_s: float = 0.0
     checkpoints: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -281,6 +291,7 @@ def _open_source(path: bytes) -> int:
 class _Backup:
     def __init__(self, repo: RepoLike, writer: WriterLike, pipeline: _Pipeline, *,
                  changed_ranges: Mapping[str, Ranges | None] | None,
+                 walk: set[str] | None = None,
                  fixed_block_globs: Mapping[str, int | FixedBlocks] | None,
                  progress: Throttle, bytes_total: int, files_total: int,
                  open_file: Callable[[bytes], int], readers: ThreadPoolExecutor | None = None,
@@ -290,6 +301,8 @@ class _Backup:
         self.writer = writer
         self.pipe = pipeline
         self.changed = changed_ranges or {}
+        #: with ``changed_paths``: the snapshot paths to walk (each listed path and every directory above one)
+        self.walk = walk
         self.globs = fixed_block_globs
         cfg = repo.config
         self.cdc_params = CdcParams(cfg.cdc_min, cfg.cdc_avg, cfg.cdc_max, cfg.chunker_seed)
@@ -452,7 +465,8 @@ class _Backup:
     STAT_BATCH = 16
 
     @staticmethod
-    def _stat_batch(batch: list[tuple[bytes, bytes]], dir_fd: int | None) -> list[_Meta]:
+    def _stat_batch(batch: list[tuple[bytes, bytes]], dir_fd: int | None,
+                    cold: frozenset[bytes] = frozenset()) -> list[_Meta]:
         out: list[_Meta] = []
         for name, path in batch:
             try:
@@ -464,7 +478,7 @@ class _Backup:
                 xattrs: list[tuple[bytes, bytes]] | OSError = read_xattrs(path)
             except OSError as e:
                 xattrs = e
-            if stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode) and name not in cold:
                 try:  # warm the directory's blocks for the walk that lists it soon after
                     os.listdir(path)
                 except OSError:
@@ -475,7 +489,8 @@ class _Backup:
     #: Parent trees read ahead and not yet used, at most (each is a tree blob in memory).
     TREES_AHEAD = 32
 
-    def _prefetch_trees(self, pdir: _ParentDir | None, entries: list[tuple[bytes, bytes]]) -> list[bytes]:
+    def _prefetch_trees(self, pdir: _ParentDir | None, entries: list[tuple[bytes, bytes]],
+                        skip: frozenset[bytes] = frozenset()) -> list[bytes]:
         """Start reading the parent trees of this directory's subdirectories on the stat threads (cold, each is
         a pack read), so that each is there when the walk descends into it. Returns the ids it started (the
         caller drops those its walk did not use)."""
@@ -486,7 +501,7 @@ class _Backup:
             if len(self.tree_prefetch) >= self.TREES_AHEAD:
                 break  # a directory of very many subdirectories: the rest are read when the walk gets there
             o = pdir.objs.get(name)
-            if o is None or o.get("t") != "dir" or "st" not in o:
+            if o is None or o.get("t") != "dir" or "st" not in o or name in skip:
                 continue
             try:
                 tid = subtree_id(o)
@@ -498,7 +513,7 @@ class _Backup:
         return started
 
     def _prefetch(self, entries: list[tuple[bytes, bytes]], dir_fd: int | None,
-                  into: list[Future[list[_Meta]]]) -> None:
+                  into: list[Future[list[_Meta]]], cold: frozenset[bytes] = frozenset()) -> None:
         """Read every entry's ``lstat`` and xattrs on the stat threads, :attr:`STAT_BATCH` entries per task
         (futures appended to ``into`` one by one, so the caller waits for every one submitted, even if a
         later submit fails): on a cold cache each is a disk read, and many in flight cost little more than one."""
@@ -506,7 +521,7 @@ class _Backup:
             return
         b = self.STAT_BATCH
         for i in range(0, len(entries), b):
-            into.append(self.statters.submit(self._stat_batch, entries[i:i + b], dir_fd))
+            into.append(self.statters.submit(self._stat_batch, entries[i:i + b], dir_fd, cold))
 
     #: Directories walked but not finished that the walk keeps before it waits for the oldest: the walk goes on
     #: into the next directories while the last ones' files are still read and stored.
@@ -518,8 +533,12 @@ class _Backup:
         metas: list[Future[list[_Meta]]] = []
         ahead: list[bytes] = []
         try:
-            self._prefetch(entries, dir_fd, metas)
-            ahead = self._prefetch_trees(dw.pdir, entries)
+            # with changed_paths: the entries outside the walk set are not descended (if unchanged), so neither
+            # listed to warm them nor their parent trees read ahead
+            kept = frozenset() if self.walk is None else frozenset(
+                n for n, _p in entries if (f"{rel}/{os.fsdecode(n)}" if rel else os.fsdecode(n)) not in self.walk)
+            self._prefetch(entries, dir_fd, metas, kept)
+            ahead = self._prefetch_trees(dw.pdir, entries, kept)
             for i, (name, path) in enumerate(entries):
                 child_rel = f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
                 meta = metas[i // self.STAT_BATCH].result()[i % self.STAT_BATCH] if metas else None
@@ -623,6 +642,10 @@ class _Backup:
         node = node_from_stat(name, st, xattrs=xattrs)
         if node.type is NodeType.DIR:
             self.stats.dirs += 1
+            if self.walk is not None and rel not in self.walk:
+                kept = self._kept_subtree(node, rel, pdir)
+                if kept is not None:
+                    return kept
             parent = self.parent_node(pdir, name)
             sub_parent = parent.subtree if parent is not None and parent.type is NodeType.DIR else None
             self._flush_small()  # this directory's small files are read while the walk is in the subdirectory
@@ -642,6 +665,8 @@ class _Backup:
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self.links.get(key)
+            if first is None and self.walk is not None:
+                first = self._link_into_kept(key, pdir, name)
             if first is not None:
                 self.stats.hardlinks += 1
                 return Node(name=name, type=NodeType.HARDLINK, link=first, mode=node.mode, uid=node.uid,
@@ -673,6 +698,50 @@ class _Backup:
             return None
         dw.pending.append((node, exts))
         return node
+
+    def _kept_subtree(self, node: Node, rel: str, pdir: _ParentDir | None) -> dict[str, Any] | None:
+        """With ``changed_paths``, for a directory outside every listed path: the parent's record (its subtree
+        kept unwalked) when the directory's own record is the parent's (atime aside) and its tree blob is in
+        the repository; None (walk it) otherwise, with a warning if its metadata changed unlisted."""
+        if pdir is None:
+            return None
+        pobj = pdir.objs.get(node.name)
+        if pobj is None or pobj.get("t") != "dir":
+            return None
+        try:
+            tid = subtree_id(pobj)
+        except FriezeError:
+            return None  # the walk reports it
+        obj = node_to_obj(node)
+        obj["st"] = pobj["st"]
+        if not _same_record(obj, pobj):
+            self.stats.warnings.append(f"{rel}: directory changed but not in the changed paths; walked")
+            return None
+        if not self.writer.has(tid):
+            return None
+        self.stats.subtrees_kept += 1
+        return pobj
+
+    def _link_into_kept(self, key: tuple[int, int], pdir: _ParentDir | None, name: bytes) -> bytes | None:
+        """With ``changed_paths``, a further link of a file whose first link is in a kept (unwalked) subtree: the
+        parent records this entry as a hard link to that path, which this backup keeps unchanged; it is
+        registered as the first link so this entry (and any later one) stays a hard link to it."""
+        pobj = pdir.objs.get(name) if pdir is not None else None
+        if pobj is None or pobj.get("t") != NodeType.HARDLINK.value:
+            return None
+        try:
+            n = obj_to_node(pobj, f"tree {pdir.tree_id.hex()}") if pdir is not None else None
+        except FriezeError:
+            return None
+        if n is None or n.link is None:
+            return None
+        target = os.fsdecode(n.link)
+        assert self.walk is not None
+        parts = target.split("/")
+        if all("/".join(parts[:k]) in self.walk for k in range(1, len(parts))):
+            return None  # its directory is walked: the first link is (or will be) seen there
+        self.links[key] = n.link
+        return n.link
 
     def _same_as_parent(self, node: Node, rel: str, pdir: _ParentDir | None) -> dict[str, Any] | None:
         """The parent's object for this file when it is the object this backup would write (every field
@@ -1017,6 +1086,38 @@ def load_changed_ranges(path: os.PathLike[str] | str) -> dict[str, Ranges | None
     return out
 
 
+def walk_set(changed_paths: Iterable[str], also: Iterable[str] = ()) -> set[str]:
+    """The snapshot paths a ``changed_paths`` backup walks: each listed path and every directory above one
+    (``""`` is the root). UsageError naming a path that is not a clean relative ``/``-separated path."""
+    out = {""}
+    for p in [*changed_paths, *also]:
+        if not isinstance(p, str) or not p or p.startswith("/") or any(
+                c in ("", ".", "..") for c in p.split("/")) or "\0" in p:
+            raise UsageError(f"changed path {p!r} is not a relative snapshot path (a/b/c, no '.', '..' or '//')",
+                             path=str(p))
+        parts = p.split("/")
+        out.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return out
+
+
+def load_changed_paths(path: os.PathLike[str] | str) -> list[str]:
+    """A ``changed_paths`` list from a JSON file (an array of snapshot paths), as ``frieze repo backup
+    --changed-paths`` takes it; NotFound or UsageError naming the problem."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise NotFound(f"--changed-paths file {path} does not exist", path=str(path)) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--changed-paths file {path}: {e}", path=str(path)) from None
+    if not isinstance(d, list) or not all(isinstance(x, str) for x in d):
+        raise UsageError(f"--changed-paths file {path}: expected an array of snapshot paths", path=str(path))
+    walk_set(d)  # checks each
+    return d
+
+
 def _scan_totals(paths: list[bytes]) -> tuple[int, int]:
     total, files = 0, 0
     stack = list(paths)
@@ -1053,6 +1154,7 @@ def _pick_parent(repo: RepoLike, parent: str | None, host: str, paths: list[str]
 def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, tags: list[str] | None = None,
            label: Any = None, parent: str | None = "auto",
            changed_ranges: Mapping[str, Ranges | None] | None = None,
+           changed_paths: Iterable[str] | None = None,
            fixed_block_globs: Mapping[str, int | FixedBlocks] | None = None,
            progress: ProgressCallback | None = None, threads: int | None = None,
            lease_s: float = 300.0, checkpoint_bytes: int | None = None,
@@ -1083,9 +1185,13 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
             raise UsageError("cannot back up / together with other paths; give it alone")
         if len(set(names)) != len(names):
             raise UsageError(f"two backup paths end in the same name: {sorted(os.fsdecode(n) for n in names)}")
+    walk = walk_set(changed_paths, changed_ranges or {}) if changed_paths is not None else None
     parent_id, parent_tree = _pick_parent(repo, parent, host, abs_paths)
+    if parent_tree is None:
+        walk = None  # nothing to keep: every path is read (a full backup is always right)
     throttle = Throttle(progress, "backup")
-    bytes_total, files_total = _scan_totals(bpaths) if progress is not None else (0, 0)
+    # the totals' scan walks the whole tree, which a changed-paths backup exists not to do
+    bytes_total, files_total = _scan_totals(bpaths) if progress is not None and walk is None else (0, 0)
     with repo.writer(host=host, lease_s=lease_s) as writer:
         if checkpoint_bytes is None:
             checkpoint_bytes = 4 * int(getattr(repo.config, "pack_size", 16 << 20))
@@ -1099,9 +1205,10 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
         statters = (ThreadPoolExecutor(max_workers=4 * read_threads, thread_name_prefix="frieze-stat")
                     if read_threads > 0 else None)
         try:
-            b = _Backup(repo, writer, pipe, changed_ranges=changed_ranges, fixed_block_globs=fixed_block_globs,
-                        progress=throttle, bytes_total=bytes_total, files_total=files_total, open_file=open_file,
-                        readers=readers, read_slots=2 * read_threads, statters=statters, direct=direct)
+            b = _Backup(repo, writer, pipe, changed_ranges=changed_ranges, walk=walk,
+                        fixed_block_globs=fixed_block_globs, progress=throttle, bytes_total=bytes_total,
+                        files_total=files_total, open_file=open_file, readers=readers, read_slots=2 * read_threads,
+                        statters=statters, direct=direct)
             if single_dir:
                 root = b.dir_tree(bpaths[0], "", parent_tree, os.lstat(bpaths[0]))
             else:

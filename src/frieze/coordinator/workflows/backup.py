@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -338,37 +338,54 @@ def move_data(ctx: Ctx) -> None:
                 ctx.vars.moved[v["id"]] = {"snapshot_id": prior, "bytes_total": res.bytes_total, "bytes_new": 0,
                                            "bytes_received": res.bytes_received}
                 continue
-            _add_engine_files(ctx, v, c.mover.mirror_dir(v["id"]))
+            added = _add_engine_files(ctx, v, c.mover.mirror_dir(v["id"]))
             kinds = {a["kind"] for a in ctx.vars.apps if C.app(a["id"])[0].data_dir.startswith(v["path"])}
             globs: dict[str, int] = {}
             for k in kinds:
                 globs.update(FIXED_BLOCKS.get(k, {}))
             label = {"protection_set": ctx.vars.pset_name, "volume": v["name"], "operation": ctx.op_id,
                      "epoch": ctx.vars.epoch, "pending": True}
-            parent, ranges = _ranges_parent(snapshots, v["id"], res.ranges_parent, res.changed_ranges)
+            parent, ranges = _hint_parent(snapshots, v["id"], res.ranges_parent, res.changed_ranges)
             if ranges is not None:
                 ctx.log(f"volume {v['name']}: the provider's changed ranges since the parent snapshot are used "
                         f"({len(ranges)} files listed)")
+            # what this ingest changed in the mirror, and the engine files written after it: the backup walks
+            # only their directories when the parent is the snapshot of the mirror's previous state
+            ppaths, cpaths = _hint_parent(snapshots, v["id"], res.mirror_parent, [*res.changed_paths, *added])
+            if cpaths is not None:
+                if parent == "auto":
+                    parent = ppaths
+                elif parent != ppaths:
+                    cpaths = None
+            if cpaths is not None:
+                ctx.log(f"volume {v['name']}: {len(cpaths)} paths changed since the parent snapshot; the other "
+                        "directories are kept from it unwalked")
             br = repo_backup(repo, [c.mover.mirror_dir(v["id"])], host=f"frieze:{v['id']}", tags=tags,
-                             label=label, parent=parent, changed_ranges=ranges, fixed_block_globs=globs or None)
+                             label=label, parent=parent, changed_ranges=ranges, changed_paths=cpaths,
+                             fixed_block_globs=globs or None)
             st = br.stats
             ctx.vars.moved[v["id"]] = {"snapshot_id": br.snapshot_id, "bytes_total": st.bytes_total,
                                        "bytes_new": st.bytes_new, "bytes_received": res.bytes_received,
-                                       "bytes_read": st.bytes_read, "files": st.files}
+                                       "bytes_read": st.bytes_read, "files": st.files,
+                                       "subtrees_kept": st.subtrees_kept}
             total += res.bytes_total
             ctx.progress(bytes_done=total, bytes_total=total)
             ctx.log(f"volume {v['name']} → repository snapshot {br.snapshot_id[:12]} "
-                    f"({st.bytes_new} new bytes of {st.bytes_total})")
+                    f"({st.bytes_new} new bytes of {st.bytes_total} read; {st.bytes_read} bytes read, "
+                    f"{st.subtrees_kept} directories kept from the parent unwalked)")
 
 
-def _ranges_parent(snapshots: list[Any], volume_id: str, ranges_parent: str | None,
-                   ranges: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
-    """The repository parent and the changed-ranges map for a volume's backup.
+_H = TypeVar("_H")
 
-    The mover's map is relative to the host snapshot ``ranges_parent``; it is valid for the repository's
+
+def _hint_parent(snapshots: list[Any], volume_id: str, ranges_parent: str | None,
+                 ranges: _H | None) -> tuple[str, _H | None]:
+    """The repository parent and a hint for a volume's backup (the changed-ranges map, or the changed paths).
+
+    The mover's hint is relative to the host snapshot ``ranges_parent``; it is valid for the repository's
     backup only when the parent repository snapshot (the volume's newest) was made from that very host
     snapshot (its ``op:`` tag names the operation whose snapshot it was). Otherwise the metadata rule alone
-    decides what is read (``parent="auto"``, no map)."""
+    decides what is read (``parent="auto"``, no hint)."""
     if ranges is None or not ranges_parent:
         return "auto", None
     mine = [s for s in snapshots if s.host == f"frieze:{volume_id}"]
@@ -386,9 +403,11 @@ def _ranges_parent(snapshots: list[Any], volume_id: str, ranges_parent: str | No
 ENGINE_FILES = {"backup_label": "backup_label", "tablespace_map": "tablespace_map"}
 
 
-def _add_engine_files(ctx: Ctx, v: dict[str, Any], mirror: Path) -> None:
+def _add_engine_files(ctx: Ctx, v: dict[str, Any], mirror: Path) -> list[str]:
     """Write what an app's engine returned at unquiesce into its data directory in the volume's mirror, so
-    that the restore point restores to a startable copy (e.g. PostgreSQL's backup_label)."""
+    that the restore point restores to a startable copy (e.g. PostgreSQL's backup_label). Returns the mirror
+    paths written."""
+    written: list[str] = []
     for a in ctx.vars.apps:
         info = ctx.vars.engine_info.get(a["id"], {})
         ref, _host = C.app(a["id"])
@@ -402,7 +421,9 @@ def _add_engine_files(ctx: Ctx, v: dict[str, Any], mirror: Path) -> None:
                 if dest.is_symlink():
                     dest.unlink()
                 dest.write_text(text)
+                written.append(f"{rel}/{fname}" if rel else fname)
                 ctx.log(f"added {fname} of {a['name']} to the copy of volume {v['name']}")
+    return written
 
 
 @task
