@@ -517,8 +517,8 @@ def test_parent_trees_read_ahead_are_bounded_and_give_the_same_snapshot(
     seen: list[int] = []
     real = backup_mod._Backup._prefetch_trees
 
-    def spy(self: Any, pdir: Any, entries: Any) -> list[bytes]:
-        started = real(self, pdir, entries)
+    def spy(self: Any, pdir: Any, entries: Any, skip: Any = frozenset()) -> list[bytes]:
+        started = real(self, pdir, entries, skip)
         seen.append(len(self.tree_prefetch))
         return started
 

@@ -44,12 +44,21 @@ class Opens:
         return _open_source(p)
 
 
+TOTALS = ("files", "dirs", "symlinks", "hardlinks", "other", "bytes_total")
+
+
+def _totals(r: Any) -> dict[str, int]:
+    return {k: getattr(r.stats, k) for k in TOTALS}
+
+
 def _both(repo: Any, src: Path, parent: str, changed: list[str], **kw: Any) -> tuple[Any, Any, Opens]:
     """The hinted backup and a full-walk backup of the same state, both with ``parent`` (their trees may differ in
     access times only: the first backup's listing and reading move some)."""
     opens = Opens()
     hinted = backup(repo, [src], host="h", parent=parent, changed_paths=changed, open_file=opens, **kw)
     full = backup(repo, [src], host="h", parent=parent, **kw)
+    # what the snapshot holds, whether walked or kept (the kept subtrees' counts come from the parent's figures)
+    assert _totals(hinted) == _totals(full)
     return hinted, full, opens
 
 
@@ -116,6 +125,41 @@ def test_a_hard_link_whose_first_link_is_in_a_kept_subtree_stays_a_hard_link(tmp
     assert os.lstat(out / "b/hl").st_ino == os.lstat(out / "a/x/f3.txt").st_ino
 
 
+@pytest.mark.parametrize("first_link", ["kept", "changed", "gone"])
+def test_a_hard_link_into_a_path_given_later_is_right_whether_that_directory_is_kept_or_walked(
+        tmp_path: Path, repo: Any, first_link: str) -> None:
+    """Two backup paths given in the other order than the parent's: the second link is met first, and its first
+    link's directory (not listed) may be kept, walked because it changed unlisted, or have lost the file."""
+    x, y = tmp_path / "x", tmp_path / "y"
+    x.mkdir()
+    y.mkdir()
+    (x / "f").write_text("shared\n")
+    os.link(x / "f", y / "g")
+    os.link(x / "f", y / "h")  # (so that y/g is still a link when x/f is gone)
+    (x / "other").write_text("other\n")
+    first = backup(repo, [x, y], host="h")  # x/f is the first link, y/g and y/h hard links to it
+    (y / "new").write_text("new\n")
+    changed = ["y/new"]
+    if first_link == "changed":
+        (x / "sneaky").write_text("unlisted\n")  # x is walked, with a warning
+    elif first_link == "gone":
+        os.unlink(x / "f")
+        (x / "sneaky").write_text("unlisted\n")
+    hinted = backup(repo, [y, x], host="h", parent=first.snapshot_id, changed_paths=changed)
+    full = backup(repo, [y, x], host="h", parent=first.snapshot_id)
+    assert _totals(hinted) == _totals(full)  # (their trees differ in which link is the first)
+    if first_link == "gone":
+        assert any("walked the whole tree" in w for w in hinted.stats.warnings)
+    out = tmp_path / "out"
+    restore(repo, hinted.snapshot_id, out)
+    assert (out / "y/g").read_text() == "shared\n"
+    assert os.lstat(out / "y/g").st_ino == os.lstat(out / "y/h").st_ino
+    if first_link != "gone":
+        assert os.lstat(out / "y/g").st_ino == os.lstat(out / "x/f").st_ino
+    else:
+        assert not (out / "x/f").exists()
+
+
 def test_without_a_parent_everything_is_read(tmp_path: Path, repo: Any) -> None:
     src = tmp_path / "src"
     _tree(src)
@@ -138,6 +182,8 @@ def test_a_bad_changed_path_is_refused_before_anything_is_written(tmp_path: Path
 
 def test_walk_set_holds_each_listed_path_and_every_directory_above() -> None:
     assert walk_set(["a/b/c", "d"], ["e/f"]) == {"", "a", "a/b", "a/b/c", "d", "e", "e/f"}
+    with pytest.raises(UsageError, match="not one string"):
+        walk_set("a/b")  # type: ignore[arg-type]  # (else each character would be a path)
 
 
 def test_load_changed_paths_names_the_problem(tmp_path: Path) -> None:
@@ -149,7 +195,7 @@ def test_load_changed_paths_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"cp\.json"):
         load_changed_paths(p)
     p.write_text(json.dumps(["ok/x", "../up"]))
-    with pytest.raises(UsageError, match=r"'\.\./up'"):
+    with pytest.raises(UsageError, match=r"cp\.json: changed path '\.\./up'"):
         load_changed_paths(p)
 
 

@@ -52,7 +52,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from frieze.core.errors import FriezeError, NotFound, UsageError
 from frieze.repo.chunking import CdcChunker, CdcParams, FixedBlocks, fixed_block_spec_for
@@ -280,6 +280,36 @@ class _ParentDir:
     bad: set[bytes] = field(default_factory=set)
 
 
+@dataclass
+class _Totals:
+    """The counts of :class:`BackupStats` that say what a snapshot holds, summed over parent tree objects."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("files", "dirs", "symlinks", "hardlinks", "other", "bytes_total")
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    other: int = 0
+    bytes_total: int = 0
+    #: a parent subtree could not be read: the sums are short
+    unknown: bool = False
+
+    def add_obj(self, o: dict[str, Any]) -> None:
+        t = o.get("t")
+        if t == "file":
+            self.files += 1
+            sz = o.get("s", 0)
+            self.bytes_total += sz if type(sz) is int and sz > 0 else 0
+        elif t == "dir":
+            self.dirs += 1
+        elif t == "symlink":
+            self.symlinks += 1
+        elif t == "hardlink":
+            self.hardlinks += 1
+        else:
+            self.other += 1
+
+
 def _open_source(path: bytes) -> int:
     flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -323,6 +353,13 @@ class _Backup:
         self.open_file = open_file
         # (dev, inode) of files with several links -> snapshot path of the first one seen.
         self.links: dict[tuple[int, int], bytes] = {}
+        #: with ``changed_paths``: first links taken from the parent's hard-link records (:meth:`_link_into_kept`)
+        #: not yet confirmed (their directory kept unwalked, or the walk meeting that inode there), by path
+        self.tentative: dict[bytes, tuple[int, int]] = {}
+        #: with ``changed_paths``: the directories kept from the parent unwalked
+        self.kept_dirs: set[str] = set()
+        #: with ``changed_paths``: what the walked directories held in the parent (see :meth:`snapshot_totals`)
+        self.parent_side = _Totals()
         self.seen_trees: set[bytes] = set()
         #: parent trees being read ahead of the walk (:meth:`_prefetch_trees`), by tree id
         self.tree_prefetch: dict[bytes, Future[bytes]] = {}
@@ -580,11 +617,57 @@ class _Backup:
         objs = [(name, it if isinstance(it, dict) else self._obj(it, pdir)) for name, it in dw.items
                 if id(it) not in unreadable]
         dw.items, dw.pending, dw.subdirs, dw.pdir = [], [], [], None
+        if self.walk is not None and pdir is not None:
+            self._count_parent_side(pdir, dict(objs))
         if pdir is not None and len(objs) == len(pdir.objs) and all(pdir.objs.get(n) == o for n, o in objs):
             self.stats.trees += 1  # unchanged directory: the parent's tree blob, not encoded again
             dw.tree_id = pdir.tree_id
         else:
             dw.tree_id = self.store_tree(objs)
+
+    def _count_parent_side(self, pdir: _ParentDir, objs: dict[bytes, dict[str, Any]]) -> None:
+        """Count what walked directory ``pdir`` held in the parent: its entries, and the whole subtree of each
+        of its directories that is no directory now (a directory still there is walked, which counts its own,
+        or kept, which counts the same in both)."""
+        t = self.parent_side
+        for name, pobj in pdir.objs.items():
+            t.add_obj(pobj)
+            if pobj.get("t") == "dir" and objs.get(name, {}).get("t") != "dir":
+                self._count_parent_subtree(pobj, f"{pdir.tree_id.hex()}/{os.fsdecode(name)}")
+
+    def _count_parent_subtree(self, pobj: dict[str, Any], what: str) -> None:
+        stack = [pobj]
+        while stack:
+            o = stack.pop()
+            try:
+                tid = subtree_id(o)
+                objs = parse_tree_objects(self.repo.read_blob(tid), tid)
+            except (FriezeError, KeyError) as e:
+                self.parent_side.unknown = True
+                self.stats.warnings.append(f"parent subtree {what} unreadable ({e}); the snapshot's totals "
+                                           "cover what this backup saw")
+                return
+            for sub in objs.values():
+                self.parent_side.add_obj(sub)
+                if sub.get("t") == "dir":
+                    stack.append(sub)
+
+    def snapshot_totals(self, parent_stats: Mapping[str, Any] | None) -> None:
+        """With ``changed_paths``: turn the counts of what this backup saw (``files``, ``dirs``, ...,
+        ``bytes_total``) into what the snapshot holds: the parent's figures, less what the walked directories
+        held in the parent, plus what they hold now (a kept subtree counts the same in both). Without the
+        parent's figures the counts stay those of what was walked, with a warning."""
+        if self.walk is None:
+            return
+        ps = parent_stats or {}
+        keys = _Totals.KEYS
+        if self.parent_side.unknown or not all(type(ps.get(k)) is int and ps[k] >= 0 for k in keys):
+            if not self.parent_side.unknown:
+                self.stats.warnings.append("the parent snapshot has no totals; the snapshot's totals cover "
+                                           "the walked directories only")
+            return
+        for k in keys:
+            setattr(self.stats, k, max(0, ps[k] + getattr(self.stats, k) - getattr(self.parent_side, k)))
 
     @staticmethod
     def _obj(node: Node, pdir: _ParentDir | None) -> dict[str, Any]:
@@ -662,11 +745,17 @@ class _Backup:
         if node.type is not NodeType.FILE:
             self.stats.other += 1
             return node
+        was_tentative = False
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self.links.get(key)
             if first is None and self.walk is not None:
-                first = self._link_into_kept(key, pdir, name)
+                first = self._link_into_kept(key, pdir, name, st)
+            if first is not None and first == rel.encode("utf-8", "surrogateescape"):
+                # the first link an earlier entry was linked to (:meth:`_link_into_kept`), met by the walk
+                # after all: this entry is that file
+                self.tentative.pop(first, None)
+                first, was_tentative = None, True
             if first is not None:
                 self.stats.hardlinks += 1
                 return Node(name=name, type=NodeType.HARDLINK, link=first, mode=node.mode, uid=node.uid,
@@ -695,6 +784,8 @@ class _Backup:
         if exts is None:
             if st.st_nlink > 1 and self.links.get((st.st_dev, st.st_ino)) == rel.encode("utf-8", "surrogateescape"):
                 del self.links[(st.st_dev, st.st_ino)]
+                if was_tentative:  # earlier entries link to it: unresolved (the backup walks everything again)
+                    self.tentative[rel.encode("utf-8", "surrogateescape")] = (st.st_dev, st.st_ino)
             return None
         dw.pending.append((node, exts))
         return node
@@ -706,7 +797,7 @@ class _Backup:
         if pdir is None:
             return None
         pobj = pdir.objs.get(node.name)
-        if pobj is None or pobj.get("t") != "dir":
+        if pobj is None or pobj.get("t") != "dir" or "st" not in pobj:
             return None
         try:
             tid = subtree_id(pobj)
@@ -720,12 +811,19 @@ class _Backup:
         if not self.writer.has(tid):
             return None
         self.stats.subtrees_kept += 1
+        self.kept_dirs.add(rel)
+        under = rel.encode("utf-8", "surrogateescape") + b"/"
+        for t in [t for t in self.tentative if t.startswith(under)]:
+            del self.tentative[t]  # the first link is in this kept subtree, as the parent has it
         return pobj
 
-    def _link_into_kept(self, key: tuple[int, int], pdir: _ParentDir | None, name: bytes) -> bytes | None:
-        """With ``changed_paths``, a further link of a file whose first link is in a kept (unwalked) subtree: the
-        parent records this entry as a hard link to that path, which this backup keeps unchanged; it is
-        registered as the first link so this entry (and any later one) stays a hard link to it."""
+    def _link_into_kept(self, key: tuple[int, int], pdir: _ParentDir | None, name: bytes,
+                        st: os.stat_result) -> bytes | None:
+        """With ``changed_paths``, a further link of a file whose first link is outside the walked directories:
+        the parent records this entry as a hard link (to the same inode) to that path; it is registered as the
+        first link so this entry (and any later one) stays a hard link to it. Until the directory of that path
+        is kept unwalked, or the walk meets the inode at that path, the link is tentative
+        (:attr:`tentative`); one still tentative when the walk ends makes the backup walk everything again."""
         pobj = pdir.objs.get(name) if pdir is not None else None
         if pobj is None or pobj.get("t") != NodeType.HARDLINK.value:
             return None
@@ -733,14 +831,17 @@ class _Backup:
             n = obj_to_node(pobj, f"tree {pdir.tree_id.hex()}") if pdir is not None else None
         except FriezeError:
             return None
-        if n is None or n.link is None:
+        if n is None or n.link is None or (n.inode and n.inode != st.st_ino):
             return None
         target = os.fsdecode(n.link)
         assert self.walk is not None
         parts = target.split("/")
-        if all("/".join(parts[:k]) in self.walk for k in range(1, len(parts))):
+        dirs = ["/".join(parts[:k]) for k in range(1, len(parts))]
+        if all(d in self.walk for d in dirs):
             return None  # its directory is walked: the first link is (or will be) seen there
         self.links[key] = n.link
+        if not any(d in self.kept_dirs for d in dirs):
+            self.tentative[n.link] = key
         return n.link
 
     def _same_as_parent(self, node: Node, rel: str, pdir: _ParentDir | None) -> dict[str, Any] | None:
@@ -1089,6 +1190,8 @@ def load_changed_ranges(path: os.PathLike[str] | str) -> dict[str, Ranges | None
 def walk_set(changed_paths: Iterable[str], also: Iterable[str] = ()) -> set[str]:
     """The snapshot paths a ``changed_paths`` backup walks: each listed path and every directory above one
     (``""`` is the root). UsageError naming a path that is not a clean relative ``/``-separated path."""
+    if isinstance(changed_paths, (str, bytes)):
+        raise UsageError("changed paths must be a list of snapshot paths, not one string")
     out = {""}
     for p in [*changed_paths, *also]:
         if not isinstance(p, str) or not p or p.startswith("/") or any(
@@ -1114,7 +1217,10 @@ def load_changed_paths(path: os.PathLike[str] | str) -> list[str]:
         raise UsageError(f"--changed-paths file {path}: {e}", path=str(path)) from None
     if not isinstance(d, list) or not all(isinstance(x, str) for x in d):
         raise UsageError(f"--changed-paths file {path}: expected an array of snapshot paths", path=str(path))
-    walk_set(d)  # checks each
+    try:
+        walk_set(d)  # checks each
+    except UsageError as e:
+        raise UsageError(f"--changed-paths file {path}: {e.message}", path=str(path)) from None
     return d
 
 
@@ -1138,17 +1244,18 @@ def _scan_totals(paths: list[bytes]) -> tuple[int, int]:
     return total, files
 
 
-def _pick_parent(repo: RepoLike, parent: str | None, host: str, paths: list[str]) -> tuple[str | None, bytes | None]:
+def _pick_parent(repo: RepoLike, parent: str | None, host: str,
+                 paths: list[str]) -> tuple[str | None, bytes | None, dict[str, Any] | None]:
     if parent is None:
-        return None, None
+        return None, None, None
     if parent == "auto":
         best = None
         for s in repo.list_snapshots():
             if s.host == host and sorted(s.paths) == sorted(paths) and (best is None or s.seq > best.seq):
                 best = s
-        return (best.id, best.tree) if best is not None else (None, None)
+        return (best.id, best.tree, None) if best is not None else (None, None, None)
     snap = repo.load_snapshot(parent)
-    return snap.id, snap.tree
+    return snap.id, snap.tree, snap.stats
 
 
 def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, tags: list[str] | None = None,
@@ -1186,9 +1293,12 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
         if len(set(names)) != len(names):
             raise UsageError(f"two backup paths end in the same name: {sorted(os.fsdecode(n) for n in names)}")
     walk = walk_set(changed_paths, changed_ranges or {}) if changed_paths is not None else None
-    parent_id, parent_tree = _pick_parent(repo, parent, host, abs_paths)
+    parent_id, parent_tree, parent_stats = _pick_parent(repo, parent, host, abs_paths)
     if parent_tree is None:
         walk = None  # nothing to keep: every path is read (a full backup is always right)
+    elif walk is not None and parent_stats is None:
+        assert parent_id is not None
+        parent_stats = repo.load_snapshot(parent_id).stats  # its totals carry the kept subtrees'
     throttle = Throttle(progress, "backup")
     # the totals' scan walks the whole tree, which a changed-paths backup exists not to do
     bytes_total, files_total = _scan_totals(bpaths) if progress is not None and walk is None else (0, 0)
@@ -1204,7 +1314,8 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
                   if direct_io else None)
         statters = (ThreadPoolExecutor(max_workers=4 * read_threads, thread_name_prefix="frieze-stat")
                     if read_threads > 0 else None)
-        try:
+
+        def run(walk: set[str] | None) -> tuple[_Backup, bytes]:
             b = _Backup(repo, writer, pipe, changed_ranges=changed_ranges, walk=walk,
                         fixed_block_globs=fixed_block_globs, progress=throttle, bytes_total=bytes_total,
                         files_total=files_total, open_file=open_file, readers=readers, read_slots=2 * read_threads,
@@ -1215,7 +1326,19 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
                 root = b.entries_tree([(os.path.basename(p.rstrip(b"/")), p) for p in bpaths], "", parent_tree)
             b.settle(0)
             assert root.tree_id is not None
-            tree = root.tree_id
+            return b, root.tree_id
+
+        try:
+            b, tree = run(walk)
+            if b.tentative:
+                # hard links to first links the walk did not confirm (their directory walked although not listed,
+                # and the file not there as the parent has it): walk everything, which is always right
+                warned = [*b.stats.warnings, f"{len(b.tentative)} hard links point into directories that changed "
+                          "outside the changed paths; walked the whole tree"]
+                b, tree = run(None)
+                b.stats.warnings[:0] = warned
+            else:
+                b.snapshot_totals(parent_stats)
         except BaseException:
             for pool in (statters, readers):
                 if pool is not None:

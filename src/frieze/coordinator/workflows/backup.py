@@ -371,8 +371,8 @@ def move_data(ctx: Ctx) -> None:
             total += res.bytes_total
             ctx.progress(bytes_done=total, bytes_total=total)
             ctx.log(f"volume {v['name']} → repository snapshot {br.snapshot_id[:12]} "
-                    f"({st.bytes_new} new bytes of {st.bytes_total} read; {st.bytes_read} bytes read, "
-                    f"{st.subtrees_kept} directories kept from the parent unwalked)")
+                    f"({st.bytes_total} bytes in {st.files} files; {st.bytes_read} bytes read, {st.bytes_new} "
+                    f"bytes new; {st.subtrees_kept} directories kept from the parent unwalked)")
 
 
 _H = TypeVar("_H")
@@ -413,7 +413,7 @@ def _add_engine_files(ctx: Ctx, v: dict[str, Any], mirror: Path) -> list[str]:
         ref, _host = C.app(a["id"])
         if not (ref.data_dir == v["path"] or ref.data_dir.startswith(v["path"].rstrip("/") + "/")):
             continue
-        rel = ref.data_dir[len(v["path"]):].strip("/")
+        rel = "/".join(p for p in ref.data_dir[len(v["path"]):].split("/") if p and p != ".")
         for key, fname in ENGINE_FILES.items():
             text = info.get(key)
             if isinstance(text, str) and text:
