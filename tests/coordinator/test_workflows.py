@@ -45,6 +45,12 @@ def test_backup_restore_application_consistent(tmp_path: Path) -> None:
         lines = [x["message"] for x in c.operation_logs(acc_b["operation_id"], 0)]
         assert any("paths changed since the parent snapshot" in x for x in lines), lines
         assert any("1 directories kept from the parent unwalked" in x for x in lines), lines
+        # its restore point's size counts the kept files too (the parent's figures stand in for them)
+        rp_b = c.resources.get_restore_point(
+            c.operation_status(acc_b["operation_id"])["result"]["restore_point_id"])
+        listed = c.list_files(rp_b["id"], None, "", True)
+        assert any(e["path"].startswith("static/a/") for e in listed)
+        assert rp_b["bytes_total"] == sum(e["size"] or 0 for e in listed if e["type"] == "file")
         res = c.operation_status(acc["operation_id"])["result"]
         rp = c.resources.get_restore_point(res["restore_point_id"])
         assert rp["consistency"] == "application-consistent"
