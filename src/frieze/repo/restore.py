@@ -26,6 +26,7 @@ Safety contract (tested by ``tests/repo/test_data_restore_malicious.py``):
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 import secrets
@@ -177,6 +178,11 @@ class _Restorer:
         self.window = 4 * max(1, threads)
         self._tree_cache: dict[bytes, dict[bytes, Node]] = {}
         self.restored: set[bytes] = set()  # snapshot paths of regular files this run wrote
+        self._tmp_prefix = _TMP_PREFIX + secrets.token_hex(8).encode() + b"-"
+        self._tmp_seq = itertools.count()
+        #: small files of one blob (or none) of the directory being walked, restored as one file-pool job
+        self.batch: list[tuple[Node, bytes]] = []
+        self.batch_bytes = 0
         self.throttle = throttle
         self.bytes_total = bytes_total
         # Ranged pack reads for files of many blobs, when the repository exposes its index and store (the
@@ -251,7 +257,9 @@ class _Restorer:
             raise
 
     def tmp_name(self) -> bytes:
-        return _TMP_PREFIX + secrets.token_hex(8).encode()
+        """A fresh temporary name: this run's random prefix and a counter (created with O_EXCL, so a leftover of
+        another run of the same name is never opened)."""
+        return self._tmp_prefix + b"%x" % next(self._tmp_seq)
 
     def replace(self, dir_fd: int, tmp: bytes, name: bytes, rel: bytes) -> None:
         try:
@@ -323,6 +331,7 @@ class _Restorer:
                     if node.type is not NodeType.DIR:
                         continue
             self.restore_node(dir_fd, node, child, sub_include, (*ancestors, tree_id))
+        self.flush_batch(dir_fd)
 
     def restore_node(self, dir_fd: int, node: Node, rel: bytes, include: list[list[bytes]] | None,
                      ancestors: tuple[bytes, ...]) -> None:
@@ -330,6 +339,7 @@ class _Restorer:
         t = node.type
         if t is NodeType.DIR:
             assert node.subtree is not None
+            self.flush_batch(dir_fd)  # the batch holds files of this directory only
             fd = self.open_dir(dir_fd, name, rel, create=True)
             try:
                 self.restore_dir(fd, node.subtree, rel, include, ancestors)
@@ -339,7 +349,13 @@ class _Restorer:
                 self.deferred_dirs.append((rel.split(b"/"), node))
             self.stats.dirs += 1
         elif t is NodeType.FILE:
-            self.submit_file(dir_fd, node, rel)
+            if len(node.extents) <= 1 and node.size <= self.BATCH_FILE_MAX:
+                self.batch.append((node, rel))
+                self.batch_bytes += node.size
+                if len(self.batch) >= self.BATCH_FILES or self.batch_bytes >= self.BATCH_BYTES:
+                    self.flush_batch(dir_fd)
+            else:
+                self.submit_file(dir_fd, node, rel)
         elif t is NodeType.HARDLINK:
             self.deferred_links.append((rel.split(b"/")[:-1], node, rel))
         elif t is NodeType.SYMLINK:
@@ -400,6 +416,10 @@ class _Restorer:
     # ------------------------------------------------------------------ files
     def submit_file(self, dir_fd: int, node: Node, rel: bytes) -> None:
         """Restore (or verify) one file on the file pool; the first worker error stops the walk."""
+        self._submit(self.restore_file, dir_fd, (node, rel), rel)
+
+    def _submit(self, fn: Any, dir_fd: int, arg: Any, rel: bytes) -> None:
+        """Run ``fn(dup of dir_fd, *arg)`` on the file pool (a bounded number queued or running)."""
         if self.error is not None:
             raise self.error
         self.file_slots.acquire()
@@ -409,7 +429,7 @@ class _Restorer:
             self.file_slots.release()
             raise
         try:
-            fut = self.files_pool.submit(self._file_job, fd, node, rel)
+            fut = self.files_pool.submit(self._file_job, fd, fn, arg)
         except BaseException:
             os.close(fd)
             self.file_slots.release()
@@ -421,10 +441,30 @@ class _Restorer:
             done, files = self.stats.bytes_written, self.stats.files
         self.throttle(done, self.bytes_total, files, 0, os.fsdecode(rel))
 
-    def _file_job(self, dir_fd: int, node: Node, rel: bytes) -> None:
+    #: Small files (one blob or none, at most :attr:`BATCH_FILE_MAX` bytes) of one directory are restored by one
+    #: file-pool job, at most :attr:`BATCH_FILES` of them or :attr:`BATCH_BYTES` together: one hand-off between
+    #: threads per batch instead of per file (for a tree of small files, the hand-offs cost more than the writes).
+    BATCH_FILE_MAX = 1 << 20
+    BATCH_FILES = 32
+    BATCH_BYTES = 4 << 20
+
+    def flush_batch(self, dir_fd: int) -> None:
+        """Submit the small files collected from the directory ``dir_fd`` as one job."""
+        if not self.batch:
+            return
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        self._submit(self._batch_job, dir_fd, (batch,), batch[-1][1])
+
+    def _batch_job(self, dir_fd: int, batch: list[tuple[Node, bytes]]) -> None:
+        for node, rel in batch:
+            if self.error is not None:
+                return
+            self.restore_file(dir_fd, node, rel)
+
+    def _file_job(self, dir_fd: int, fn: Any, arg: Any) -> None:
         try:
             if self.error is None:
-                self.restore_file(dir_fd, node, rel)
+                fn(dir_fd, *arg)
         except BaseException as e:
             with self.lock:
                 if self.error is None:
@@ -688,7 +728,9 @@ class _Restorer:
                 finally:
                     if dfd is not None:
                         os.close(dfd)
-                os.ftruncate(fd, node.size)
+                one = node.extents[0] if len(node.extents) == 1 else None
+                if node.size and not (one is not None and one.id is not None and one.length == node.size):
+                    os.ftruncate(fd, node.size)  # holes at the end (a new file of one blob is that long already)
                 self.apply_meta(fd, dir_fd, node.name, node)
             finally:
                 os.close(fd)

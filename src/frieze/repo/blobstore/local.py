@@ -324,14 +324,21 @@ class LocalBlobStore:
         path = self._path(key)
         check_range(key, offset, length)
         try:
-            with open(path, "rb") as f:
-                if not statmod.S_ISREG(os.fstat(f.fileno()).st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+                if not statmod.S_ISREG(st.st_mode):
                     raise NotFound(f"blob {key!r} not found", key=key)
-                if offset:
-                    f.seek(offset)
-                if length is None:
-                    return f.read()
-                return f.read(length)
+                want = max(0, st.st_size - offset) if length is None else length
+                data = os.pread(fd, want, offset)
+                while len(data) < want:  # a short read (rare on a regular file): the rest
+                    more = os.pread(fd, want - len(data), offset + len(data))
+                    if not more:
+                        break
+                    data += more
+                return data
+            finally:
+                os.close(fd)
         except IsADirectoryError:
             raise NotFound(f"blob {key!r} not found", key=key) from None
         except OSError as e:
