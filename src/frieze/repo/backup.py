@@ -284,6 +284,7 @@ class _ParentDir:
 class _Totals:
     """The counts of :class:`BackupStats` that say what a snapshot holds, summed over parent tree objects."""
 
+    #: the counted fields (every field but :attr:`unknown`)
     KEYS: ClassVar[tuple[str, ...]] = ("files", "dirs", "symlinks", "hardlinks", "other", "bytes_total")
     files: int = 0
     dirs: int = 0
@@ -746,12 +747,13 @@ class _Backup:
             self.stats.other += 1
             return node
         was_tentative = False
+        rel_b = rel.encode("utf-8", "surrogateescape") if st.st_nlink > 1 else b""
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self.links.get(key)
             if first is None and self.walk is not None:
                 first = self._link_into_kept(key, pdir, name, st)
-            if first is not None and first == rel.encode("utf-8", "surrogateescape"):
+            if first is not None and first == rel_b:
                 # the first link an earlier entry was linked to (:meth:`_link_into_kept`), met by the walk
                 # after all: this entry is that file
                 self.tentative.pop(first, None)
@@ -762,7 +764,7 @@ class _Backup:
                             gid=node.gid, user=node.user, group=node.group, mtime_ns=node.mtime_ns,
                             atime_ns=node.atime_ns, ctime_ns=node.ctime_ns, inode=node.inode, dev=node.dev,
                             nlink=node.nlink)
-            self.links[key] = rel.encode("utf-8", "surrogateescape")
+            self.links[key] = rel_b
         self.stats.files += 1
         self.stats.bytes_total += st.st_size
         spec = fixed_block_spec_for(rel, self.globs, self.default_block)
@@ -782,10 +784,10 @@ class _Backup:
         if same is not None:
             return same
         if exts is None:
-            if st.st_nlink > 1 and self.links.get((st.st_dev, st.st_ino)) == rel.encode("utf-8", "surrogateescape"):
+            if st.st_nlink > 1 and self.links.get((st.st_dev, st.st_ino)) == rel_b:
                 del self.links[(st.st_dev, st.st_ino)]
                 if was_tentative:  # earlier entries link to it: unresolved (the backup walks everything again)
-                    self.tentative[rel.encode("utf-8", "surrogateescape")] = (st.st_dev, st.st_ino)
+                    self.tentative[rel_b] = (st.st_dev, st.st_ino)
             return None
         dw.pending.append((node, exts))
         return node
