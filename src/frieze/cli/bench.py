@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="Benchmarks: figures and ratios against restic and borg, side by side.", no_args_is_help=True)
-_err = Console(stderr=True, emoji=False)
+_err = Console(stderr=True, emoji=False, soft_wrap=True)  # a message is one line for logs and scripts
 
 
 @app.command("repo")

@@ -25,7 +25,7 @@ from rich.table import Table
 from frieze.core.errors import FriezeError, TransientStorageError, UsageError, all_error_classes
 
 out = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
+err = Console(stderr=True, emoji=False, soft_wrap=True)
 
 FINAL = ("complete", "failed", "canceled")
 

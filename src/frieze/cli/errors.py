@@ -10,7 +10,7 @@ from rich.console import Console
 
 from frieze.core.errors import FriezeError
 
-_err = Console(stderr=True, emoji=False)
+_err = Console(stderr=True, emoji=False, soft_wrap=True)  # a message is one line for logs and scripts
 
 
 def fail(exc: FriezeError, *, as_json: bool = False) -> NoReturn:

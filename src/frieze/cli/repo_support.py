@@ -56,7 +56,7 @@ from frieze.core.errors import (
 )
 
 out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)  # warnings are not cut into lines
 
 P = ParamSpec("P")
 R = TypeVar("R")

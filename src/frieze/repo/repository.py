@@ -136,7 +136,7 @@ class Repository:
             found["cfg"] = cfg
             return cfg.id == repo_id
 
-        # The key-slot KDF (Argon2id, ~0.3 s) releases the GIL: it runs on a helper thread while this one
+        # The key-slot KDF (Argon2id, ~0.1 s) releases the GIL: it runs on a helper thread while this one
         # imports the index code (numpy) and reads index files, which need no key yet.
         box: dict[str, Any] = {}
 
