@@ -17,6 +17,7 @@ glob patterns (``**`` any depth, ``*`` within one component, ``?`` one character
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from typing import Protocol
 import pyfastcdc
 
 from frieze.core.errors import InternalError, UsageError
+
+#: The stream buffer's base address and every offset a read into it starts at are multiples of this, so a
+#: reader may fill it with O_DIRECT (equal to :data:`frieze.repo.directio.DIRECT_ALIGN`).
+STREAM_ALIGN = 4096
 
 #: The exact chunker version whose boundaries this module's golden vectors pin.
 PYFASTCDC_VERSION = "0.3.1"
@@ -65,7 +70,7 @@ class CdcChunker:
         self.params = params
         self._cdc = pyfastcdc.FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size,
                                       seed=params.seed & ((1 << 64) - 1))
-        self._buf: bytearray | None = None
+        self._buf: mmap.mmap | None = None
 
     def cut_stream(self, stream: Readinto) -> Iterator[memoryview]:
         """Yield consecutive chunks of ``stream``. Each view is valid only until the next one is yielded
@@ -77,7 +82,8 @@ class CdcChunker:
         """
         max_size = self.params.max_size
         if self._buf is None:
-            self._buf = bytearray(4 * max_size)
+            # page-aligned (an anonymous mmap) and a whole number of STREAM_ALIGN: O_DIRECT reads may fill it
+            self._buf = mmap.mmap(-1, -(-4 * max_size // STREAM_ALIGN) * STREAM_ALIGN)
         buf = self._buf
         mv = memoryview(buf)
         start = end = 0
@@ -85,9 +91,12 @@ class CdcChunker:
         while True:
             if not eof and end - start < max_size:
                 if start:
-                    mv[: end - start] = mv[start:end]
-                    end -= start
-                    start = 0
+                    # keep the unconsumed tail so that it ends on an aligned offset: the next read starts there
+                    rem = end - start
+                    to = -rem % STREAM_ALIGN
+                    if to != start:
+                        mv[to: to + rem] = mv[start:end]
+                    start, end = to, to + rem
                 while end < len(buf):
                     n = stream.readinto(mv[end:])
                     if n <= 0:
