@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import random
 import signal
@@ -12,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +35,9 @@ print("ready", flush=True)
 i = 0
 while True:
     rnd = random.Random(run * 1_000_003 + i)
-    s.put(f"run{run}/{i % 5}/{i:06d}", rnd.randbytes(rnd.randint(0, 600_000)))
+    # every third blob is long enough to be written with O_DIRECT (and not a multiple of 4 KiB)
+    n = rnd.randint(0, 600_000) if i % 3 else rnd.randint(1 << 20, 2 << 20)
+    s.put(f"run{run}/{i % 5}/{i:06d}", rnd.randbytes(n))
     i += 1
 """
 
@@ -41,7 +46,7 @@ def expected(key: str) -> bytes:
     run_s, _, i_s = key.split("/")
     run, i = int(run_s[3:]), int(i_s)
     rnd = random.Random(run * 1_000_003 + i)
-    return rnd.randbytes(rnd.randint(0, 600_000))
+    return rnd.randbytes(rnd.randint(0, 600_000) if i % 3 else rnd.randint(1 << 20, 2 << 20))
 
 
 def _kill_loop(root: Path, kills: int, seed: int) -> None:
@@ -149,6 +154,74 @@ def test_falls_back_to_rename_noreplace_without_hard_links(tmp_path: Path, monke
         s.put("k/v", b"again")
     assert s.get("k/v") == b"via renameat2"
     assert s.temp_files() == []
+
+
+def _direct_fds_written(monkeypatch: pytest.MonkeyPatch, refuse: bool = False) -> list[int]:
+    """Spy on the store's pwrite: the lengths written through an O_DIRECT descriptor (or refuse those)."""
+    real = os.pwrite
+    seen: list[int] = []
+
+    def pwrite(fd: int, data: Any, off: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            if refuse:
+                seen.append(-1)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            assert off % 4096 == 0 and len(data) % 4096 == 0
+            seen.append(len(data))
+        return real(fd, data, off)
+
+    monkeypatch.setattr(local_mod.os, "pwrite", pwrite)
+    return seen
+
+
+def _direct_io_works(d: Path) -> bool:
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        os.close(fd)
+        probe = d / "probe"
+        probe.write_bytes(b"x")
+        fd = os.open(probe, os.O_WRONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+@pytest.mark.parametrize("size", [1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 4095, 17 << 20])
+def test_long_blobs_are_written_with_o_direct_and_read_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   size: int) -> None:
+    if not _direct_io_works(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
+    seen = _direct_fds_written(monkeypatch)
+    s = LocalBlobStore(tmp_path / "s")
+    data = os.urandom(size)
+    s.put("data/aa/long", data)
+    s.put("data/aa/short", data[: (1 << 20) - 1])  # below DIRECT_PUT_MIN: through the cache
+    assert sum(seen) == size - size % 4096  # the aligned head went around the cache, the tail through it
+    assert s.get("data/aa/long") == data and s.get("data/aa/short") == data[: (1 << 20) - 1]
+    assert s.temp_files() == []
+    s.put("data/aa/again", data[::-1])  # the copy buffer is reused (or grown) for the next put
+    assert s.get("data/aa/again") == data[::-1]
+
+
+def test_refused_direct_writes_go_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses O_DIRECT transfers (EINVAL) gets the whole blob through the page cache; one
+    that refuses opening with O_DIRECT (no descriptor) too; and direct_writes=False never tries."""
+    data = os.urandom(3 * (1 << 20) + 7)
+    refused = _direct_fds_written(monkeypatch, refuse=True)
+    s = LocalBlobStore(tmp_path / "s")
+    s.put("data/aa/refused", data)
+    assert s.get("data/aa/refused") == data
+    assert refused == ([-1] if _direct_io_works(tmp_path) else [])  # tried once, then the cache
+    monkeypatch.setattr(local_mod, "reopen_direct", lambda fd: None)
+    s.put("data/aa/no-fd", data)
+    assert s.get("data/aa/no-fd") == data
+    monkeypatch.undo()
+    seen = _direct_fds_written(monkeypatch)
+    off = LocalBlobStore(tmp_path / "off", direct_writes=False)
+    off.put("data/aa/off", data)
+    assert off.get("data/aa/off") == data and seen == []
 
 
 def test_files_are_private_and_root_is_created(tmp_path: Path) -> None:
