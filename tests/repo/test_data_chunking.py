@@ -64,10 +64,14 @@ class _Trickle:
         return n
 
 
-@pytest.mark.parametrize("step", [1000, 65536, 1 << 20])
-def test_stream_equals_buffer_over_many_refills(step: int) -> None:
+@pytest.mark.parametrize(("step", "sizes"), [(1000, (4096, 16384, 65536)), (65536, (4096, 16384, 65536)),
+                                             (1 << 20, (4096, 16384, 65536)), (4096, (4096, 16384, 65536)),
+                                             (777, (256, 512, 1024)), (1 << 20, (256, 512, 1024))])
+def test_stream_equals_buffer_over_many_refills(step: int, sizes: tuple[int, int, int]) -> None:
+    """Refills of any size (4 KiB ones as O_DIRECT makes them), and a maximum far below the buffer's 4 KiB
+    alignment (the moved tail still fits)."""
     data = blake3.blake3(b"stream").digest(length=5 << 20) + b"\x00" * 300_000 + RANDOM_1M[:12345]
-    c = CdcChunker(CdcParams(4096, 16384, 65536, SEED))
+    c = CdcChunker(CdcParams(*sizes, SEED))
     want = c.cut_buf(data)
     got, pos = [], 0
     for view in c.cut_stream(_Trickle(data, step)):

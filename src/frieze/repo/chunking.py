@@ -82,8 +82,9 @@ class CdcChunker:
         """
         max_size = self.params.max_size
         if self._buf is None:
-            # page-aligned (an anonymous mmap) and a whole number of STREAM_ALIGN: O_DIRECT reads may fill it
-            self._buf = mmap.mmap(-1, -(-4 * max_size // STREAM_ALIGN) * STREAM_ALIGN)
+            # page-aligned (an anonymous mmap) and a whole number of STREAM_ALIGN: O_DIRECT reads may fill it;
+            # room for a tail moved up to STREAM_ALIGN - 1 bytes in, whatever max_size is
+            self._buf = mmap.mmap(-1, -(-4 * max_size // STREAM_ALIGN) * STREAM_ALIGN + STREAM_ALIGN)
         buf = self._buf
         mv = memoryview(buf)
         start = end = 0
