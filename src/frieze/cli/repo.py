@@ -136,7 +136,8 @@ def backup(paths: Annotated[list[str] | None, typer.Argument(help="files or dire
            threads: Annotated[int | None, typer.Option(help="worker threads (default: CPUs)")] = None,
            read_threads: Annotated[int, typer.Option(help="files read at once (0: read by the walking thread)")] = 2,
            direct_io: Annotated[bool, typer.Option(
-               "--direct-io/--no-direct-io", help="read fixed blocks with O_DIRECT (around the page cache)")] = True,
+               "--direct-io/--no-direct-io",
+               help="read with O_DIRECT (around the page cache): fixed blocks and whole chunked files")] = True,
            repo: Repo = None, password_file: PasswordFile = None, as_json: Json = False, quiet: Quiet = False,
            progress: ShowProgress = None) -> None:
     """Back up files and directories as one snapshot (unchanged files of the parent are not read again)."""
