@@ -57,7 +57,7 @@ from typing import Any, ClassVar, TypeVar
 from frieze.core.errors import FriezeError, NotFound, UsageError
 from frieze.repo.chunking import CdcChunker, CdcParams, FixedBlocks, fixed_block_spec_for
 from frieze.repo.dataport import RepoLike, WriterLike
-from frieze.repo.directio import DIRECT_ALIGN, DirectBuffers, give_back, set_direct
+from frieze.repo.directio import DIRECT_ALIGN, REFUSED, DirectBuffers, give_back, set_direct
 from frieze.repo.fsmeta import data_segments, is_probably_sparse, node_from_stat, read_xattrs
 from frieze.repo.progress import ProgressCallback, Throttle
 from frieze.repo.tree import (
@@ -249,8 +249,9 @@ class _CountingReader:
     """``readinto`` over a byte range of an fd (pread-based, so segments of sparse files work).
 
     ``direct``: the fd has O_DIRECT set and the caller passes aligned buffers (the chunker's stream buffer);
-    the first read the file system refuses (EINVAL: an unaligned offset at the end of the file, or a file system
-    without direct reads) turns O_DIRECT off and is made again through the page cache."""
+    the first read the file system refuses (:data:`~frieze.repo.directio.REFUSED`: a file system without
+    direct reads, or an unaligned offset, which a file that grew between two reads gives) turns O_DIRECT off
+    and is made again through the page cache. At the end of an unchanged file the read returns 0."""
 
     def __init__(self, fd: int, start: int, end: int | None, count: Callable[[int, bool], None],
                  direct: bool = False) -> None:
@@ -264,7 +265,7 @@ class _CountingReader:
         try:
             n = os.preadv(self.fd, [b[:want]], self.pos)
         except OSError as e:
-            if not direct or e.errno != errno.EINVAL:
+            if not direct or e.errno not in REFUSED:
                 raise
             self.direct = direct = False
             set_direct(self.fd, False)
@@ -1110,7 +1111,7 @@ class _Backup:
                     n = os.preadv(fd, [memoryview(buf)[:-(-want // DIRECT_ALIGN) * DIRECT_ALIGN]], off)
                 except OSError as e:
                     pool.put(buf)
-                    if e.errno != errno.EINVAL:
+                    if e.errno not in REFUSED:
                         raise
                     direct = False  # the file system refused this transfer: buffered from here on
                     set_direct(fd, False)
@@ -1290,9 +1291,10 @@ def backup(repo: RepoLike, paths: list[str | os.PathLike[str]], *, host: str, ta
     ``checkpoint_bytes`` (default: 4 packs' worth) bounds what a killed backup leaves unindexed: after that
     much new data the writer is flushed (packs durable and indexed), so a re-run reuses it; 0 disables.
     ``open_file`` opens a source file for reading (tests count opens through it). ``read_threads`` files
-    are read at once (0: the walking thread reads them itself). ``direct_io``: fixed blocks are read with
-    O_DIRECT where the file system allows it (no copy through the page cache, and the application's cache is
-    not evicted by the backup); a file that refuses it is read through the cache.
+    are read at once (0: the walking thread reads them itself). ``direct_io``: fixed blocks, and whole files
+    the chunker cuts, are read with O_DIRECT where the file system allows it (no copy through the page cache,
+    and the application's cache is not evicted by the backup); a file that refuses it is read through the
+    cache.
     """
     t0 = time.monotonic()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))  # three frames per directory level

@@ -3,11 +3,12 @@
 Direct transfers bypass the page cache: on this kind of machine a buffered copy costs 1-3 s of system CPU per
 GB (page allocation, LRU and writeback), a direct one about 0.05 s. They need offsets, lengths and buffer
 addresses aligned to :data:`DIRECT_ALIGN`; the buffers are anonymous ``mmap``s (page-aligned) reused from a
-:class:`DirectBuffers` pool. A file system that refuses (EINVAL) is used through the page cache instead.
+:class:`DirectBuffers` pool. A file system that refuses (:data:`REFUSED`) is used through the page cache instead.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -19,6 +20,10 @@ from typing import Any
 #: block size of the devices and file systems here (512 or 4096).
 DIRECT_ALIGN = 4096
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+#: The errnos with which a file system refuses a direct transfer (not a failure of the data): the transfer is
+#: made again through the page cache. EINVAL for an alignment or a file system without O_DIRECT, EOPNOTSUPP
+#: (= ENOTSUP on Linux) from some FUSE and network file systems.
+REFUSED: frozenset[int] = frozenset({errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
 
 
 class DirectBuffers:

@@ -42,7 +42,7 @@ from typing import Any
 
 from frieze.core.errors import FriezeError, IntegrityError, NotFound, StorageError, UsageError
 from frieze.repo.dataport import RepoLike
-from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, DirectBuffers, reopen_direct
+from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, REFUSED, DirectBuffers, reopen_direct
 from frieze.repo.pack import pack_key
 from frieze.repo.progress import ProgressCallback, Throttle
 from frieze.repo.tree import Node, NodeType, check_name, decode_tree, split_link_path
@@ -666,7 +666,7 @@ class _Restorer:
         """Write the run ``datas`` (``ln`` bytes at ``off``): its middle aligned to :attr:`direct_align` copied
         into a pooled aligned buffer and written through ``dfd`` (O_DIRECT), the unaligned head and tail through
         ``fd`` (the page cache; no page is written both ways). Returns the bytes written direct. Without ``dfd``,
-        for a run too short, or a transfer the file system refuses (EINVAL), it goes through ``fd`` instead."""
+        for a run too short, or a transfer the file system refuses (``REFUSED``), it goes through ``fd`` instead."""
         al = self.direct_align
         a = -(-off // al) * al
         b = (off + ln) // al * al
@@ -700,7 +700,7 @@ class _Restorer:
                         break
                     n += k
             except OSError as e:
-                if e.errno != errno.EINVAL:
+                if e.errno not in REFUSED:
                     raise
             if n < w:  # refused, or a short transfer: the rest through the page cache
                 _write_all(fd, [mv[n:w]], a + n)

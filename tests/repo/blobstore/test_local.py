@@ -156,7 +156,7 @@ def test_falls_back_to_rename_noreplace_without_hard_links(tmp_path: Path, monke
     assert s.temp_files() == []
 
 
-def _direct_fds_written(monkeypatch: pytest.MonkeyPatch, refuse: bool = False) -> list[int]:
+def _direct_fds_written(monkeypatch: pytest.MonkeyPatch, refuse: int = 0) -> list[int]:
     """Spy on the store's pwrite: the lengths written through an O_DIRECT descriptor (or refuse those)."""
     real = os.pwrite
     seen: list[int] = []
@@ -165,7 +165,7 @@ def _direct_fds_written(monkeypatch: pytest.MonkeyPatch, refuse: bool = False) -
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             if refuse:
                 seen.append(-1)
-                raise OSError(errno.EINVAL, "Invalid argument")
+                raise OSError(refuse, os.strerror(refuse))
             assert off % 4096 == 0 and len(data) % 4096 == 0
             seen.append(len(data))
         return real(fd, data, off)
@@ -205,11 +205,13 @@ def test_long_blobs_are_written_with_o_direct_and_read_back_whole(tmp_path: Path
     assert s.get("data/aa/again") == data[::-1]
 
 
-def test_refused_direct_writes_go_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("refusal", [errno.EINVAL, errno.EOPNOTSUPP])
+def test_refused_direct_writes_go_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    refusal: int) -> None:
     """A file system that refuses O_DIRECT transfers (EINVAL) gets the whole blob through the page cache; one
     that refuses opening with O_DIRECT (no descriptor) too; and direct_writes=False never tries."""
     data = os.urandom(3 * (1 << 20) + 7)
-    refused = _direct_fds_written(monkeypatch, refuse=True)
+    refused = _direct_fds_written(monkeypatch, refuse=refusal)
     s = LocalBlobStore(tmp_path / "s")
     s.put("data/aa/refused", data)
     assert s.get("data/aa/refused") == data
@@ -222,6 +224,19 @@ def test_refused_direct_writes_go_through_the_cache(tmp_path: Path, monkeypatch:
     off = LocalBlobStore(tmp_path / "off", direct_writes=False)
     off.put("data/aa/off", data)
     assert off.get("data/aa/off") == data and seen == []
+
+
+def test_no_memory_for_the_direct_copy_writes_through_the_cache(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    seen = _direct_fds_written(monkeypatch)
+    monkeypatch.setattr(local_mod.mmap, "mmap", no_memory)
+    s = LocalBlobStore(tmp_path / "s")
+    data = os.urandom(2 * (1 << 20) + 3)
+    s.put("data/aa/nomem", data)
+    assert s.get("data/aa/nomem") == data and seen == [] and s.temp_files() == []
 
 
 def test_files_are_private_and_root_is_created(tmp_path: Path) -> None:
