@@ -46,3 +46,11 @@ def test_a_failed_allocation_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch
     t.start()
     t.join(5)
     assert done and not t.is_alive(), "the only slot was lost to the failed allocation"
+
+
+def test_write_alignment_is_whole_pages_and_blocks() -> None:
+    base = max(4096, mmap.PAGESIZE)
+    assert directio.write_alignment(4096) == base
+    assert directio.write_alignment(65536) == max(65536, base)
+    for nonsense in (0, -1, 3000, 3 << 20):  # not a power of two, or beyond 1 MiB: 4 KiB (or the page)
+        assert directio.write_alignment(nonsense) == base

@@ -63,6 +63,14 @@ def give_back(pool: DirectBuffers, buf: mmap.mmap, _fut: Future[Any]) -> None:
     pool.put(buf)
 
 
+def write_alignment(f_bsize: int) -> int:
+    """The unit of direct writes on a file system whose block is ``f_bsize`` (``statvfs``): whole memory pages
+    and whole blocks only, so that no page (and no block) of a file is written both through the page cache and
+    around it; 4 KiB on x86-64, more where pages or blocks are larger. A nonsensical size counts as 4 KiB."""
+    b = f_bsize if 0 < f_bsize <= (1 << 20) and f_bsize & (f_bsize - 1) == 0 else DIRECT_ALIGN
+    return max(DIRECT_ALIGN, mmap.PAGESIZE, b)
+
+
 def set_direct(fd: int, on: bool) -> bool:
     """Turn O_DIRECT on or off for an open file (Linux allows it with F_SETFL); False if refused."""
     if not O_DIRECT:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import mmap
 import os
 import secrets
 import stat
@@ -42,7 +41,7 @@ from typing import Any
 
 from frieze.core.errors import FriezeError, IntegrityError, NotFound, StorageError, UsageError
 from frieze.repo.dataport import RepoLike
-from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, REFUSED, DirectBuffers, reopen_direct
+from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, REFUSED, DirectBuffers, reopen_direct, write_alignment
 from frieze.repo.pack import pack_key
 from frieze.repo.progress import ProgressCallback, Throttle
 from frieze.repo.tree import Node, NodeType, check_name, decode_tree, split_link_path
@@ -154,17 +153,14 @@ class _Restorer:
         direct = direct_io and bool(O_DIRECT) and not verify
         blob_workers = max(1, threads) * (2 if direct else 1)
         self.direct = DirectBuffers(_RAW_SPAN + DIRECT_ALIGN, min(blob_workers, 8)) if direct else None
-        #: direct writes cover whole memory pages and file-system blocks only, so that no page (and no block) of
-        #: the file is written both through the page cache and around it: 4 KiB on x86-64, more where pages or
-        #: blocks are larger
+        #: direct writes cover whole memory pages and file-system blocks only (:func:`write_alignment`)
         self.direct_align = DIRECT_ALIGN
         if direct:
             try:
                 bsize = os.fstatvfs(target_fd).f_bsize
             except OSError:
                 bsize = DIRECT_ALIGN
-            bsize = bsize if 0 < bsize <= (1 << 20) and bsize & (bsize - 1) == 0 else DIRECT_ALIGN
-            self.direct_align = max(DIRECT_ALIGN, mmap.PAGESIZE, bsize)
+            self.direct_align = write_alignment(bsize)
         self.pool = ThreadPoolExecutor(max_workers=blob_workers, thread_name_prefix="frieze-restore-blob")
         self.files_pool = ThreadPoolExecutor(max_workers=max(2, threads), thread_name_prefix="frieze-restore-file")
         self.file_slots = threading.BoundedSemaphore(2 * max(2, threads) + 2)

@@ -205,6 +205,19 @@ def test_long_blobs_are_written_with_o_direct_and_read_back_whole(tmp_path: Path
     assert s.get("data/aa/again") == data[::-1]
 
 
+def test_direct_writes_cover_whole_file_system_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system of 64 KiB blocks the direct head is whole blocks, so no block is written both ways."""
+    if not _direct_io_works(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} refuses O_DIRECT")
+    seen = _direct_fds_written(monkeypatch)
+    s = LocalBlobStore(tmp_path / "s")
+    s._direct_align = 65536  # as write_alignment gives for f_bsize 65536
+    data = os.urandom(2 * (1 << 20) + 65536 + 5000)
+    s.put("data/aa/blocks", data)
+    assert sum(seen) == 2 * (1 << 20) + 65536 and all(n % 65536 == 0 for n in seen)
+    assert s.get("data/aa/blocks") == data
+
+
 @pytest.mark.parametrize("refusal", [errno.EINVAL, errno.EOPNOTSUPP])
 def test_refused_direct_writes_go_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     refusal: int) -> None:
