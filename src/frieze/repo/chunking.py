@@ -27,10 +27,7 @@ from typing import Protocol
 import pyfastcdc
 
 from frieze.core.errors import InternalError, UsageError
-
-#: The stream buffer's base address and every offset a read into it starts at are multiples of this, so a
-#: reader may fill it with O_DIRECT (equal to :data:`frieze.repo.directio.DIRECT_ALIGN`).
-STREAM_ALIGN = 4096
+from frieze.repo.directio import DIRECT_ALIGN as STREAM_ALIGN  # the stream buffer is filled with O_DIRECT
 
 #: The exact chunker version whose boundaries this module's golden vectors pin.
 PYFASTCDC_VERSION = "0.3.1"

@@ -71,6 +71,27 @@ def write_alignment(f_bsize: int) -> int:
     return max(DIRECT_ALIGN, mmap.PAGESIZE, b)
 
 
+def pwrite_direct(dfd: int, fd: int, mv: memoryview, off: int, align: int) -> int:
+    """Write all of ``mv`` (in an aligned buffer, whole ``align`` units) at ``off``: through ``dfd`` (open with
+    O_DIRECT) while the file system takes whole aligned transfers; after a refusal (:data:`REFUSED`) or a short
+    or odd transfer, the rest through ``fd`` (the page cache). Returns the bytes written direct."""
+    n, w = 0, len(mv)
+    try:
+        while n < w:
+            k = os.pwritev(dfd, [mv[n:]], off + n)
+            if k <= 0 or k % align:
+                n += max(k, 0)
+                break
+            n += k
+    except OSError as e:
+        if e.errno not in REFUSED:
+            raise
+    done = n
+    while done < w:
+        done += os.pwrite(fd, mv[done:], off + done)
+    return n
+
+
 def set_direct(fd: int, on: bool) -> bool:
     """Turn O_DIRECT on or off for an open file (Linux allows it with F_SETFL); False if refused."""
     if not O_DIRECT:

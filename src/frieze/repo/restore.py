@@ -41,7 +41,7 @@ from typing import Any
 
 from frieze.core.errors import FriezeError, IntegrityError, NotFound, StorageError, UsageError
 from frieze.repo.dataport import RepoLike
-from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, REFUSED, DirectBuffers, reopen_direct, write_alignment
+from frieze.repo.directio import DIRECT_ALIGN, O_DIRECT, DirectBuffers, pwrite_direct, reopen_direct, write_alignment
 from frieze.repo.pack import pack_key
 from frieze.repo.progress import ProgressCallback, Throttle
 from frieze.repo.tree import Node, NodeType, check_name, decode_tree, split_link_path
@@ -687,19 +687,7 @@ class _Restorer:
                 if end > b:
                     tail.append(dv[max(pos, b) - pos:])
                 pos = end
-            n = 0
-            try:
-                while n < w:
-                    k = os.pwritev(dfd, [mv[n:w]], a + n)
-                    if k <= 0 or k % al:
-                        n += max(k, 0)
-                        break
-                    n += k
-            except OSError as e:
-                if e.errno not in REFUSED:
-                    raise
-            if n < w:  # refused, or a short transfer: the rest through the page cache
-                _write_all(fd, [mv[n:w]], a + n)
+            n = pwrite_direct(dfd, fd, mv[:w], a, al)
         finally:
             pool.put(buf)
         if head:

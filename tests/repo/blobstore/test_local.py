@@ -157,20 +157,21 @@ def test_falls_back_to_rename_noreplace_without_hard_links(tmp_path: Path, monke
 
 
 def _direct_fds_written(monkeypatch: pytest.MonkeyPatch, refuse: int = 0) -> list[int]:
-    """Spy on the store's pwrite: the lengths written through an O_DIRECT descriptor (or refuse those)."""
-    real = os.pwrite
+    """Spy on the direct writes (``pwritev`` through an O_DIRECT descriptor): their lengths (or refuse them)."""
+    real = os.pwritev
     seen: list[int] = []
 
-    def pwrite(fd: int, data: Any, off: int) -> int:
+    def pwritev(fd: int, bufs: Any, off: int) -> int:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             if refuse:
                 seen.append(-1)
                 raise OSError(refuse, os.strerror(refuse))
-            assert off % 4096 == 0 and len(data) % 4096 == 0
-            seen.append(len(data))
-        return real(fd, data, off)
+            length = sum(len(b) for b in bufs)
+            assert off % 4096 == 0 and length % 4096 == 0
+            seen.append(length)
+        return real(fd, bufs, off)
 
-    monkeypatch.setattr(local_mod.os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "pwritev", pwritev)
     return seen
 
 

@@ -74,7 +74,7 @@ from frieze.core.errors import (
 )
 from frieze.repo.blobstore._common import check_range
 from frieze.repo.blobstore.base import _SEGMENT, BlobInfo, Capabilities, check_key
-from frieze.repo.directio import DIRECT_ALIGN, REFUSED, reopen_direct, write_alignment
+from frieze.repo.directio import DIRECT_ALIGN, pwrite_direct, reopen_direct, write_alignment
 
 #: A blob at least this long is written with O_DIRECT where the file system allows it (see the module docs).
 DIRECT_PUT_MIN = 1 << 20
@@ -220,10 +220,8 @@ class LocalBlobStore:
         except OSError as e:
             raise self._translate(e, None, "open") from e
         self._dirs.add(self.root)
-        try:  # direct writes cover whole pages and file-system blocks only
-            self._direct_align = write_alignment(os.statvfs(self.root).f_bsize)
-        except OSError:
-            self._direct_align = DIRECT_ALIGN
+        #: the unit of direct writes (:func:`write_alignment` of the file system), found at the first one
+        self._direct_align: int | None = None
 
     def __repr__(self) -> str:
         return f"LocalBlobStore({str(self.root)!r}, append_only={self.append_only})"
@@ -316,29 +314,25 @@ class LocalBlobStore:
         the file system allows it, whatever is left through the page cache."""
         off = 0
         size = len(view)
-        align = self._direct_align
-        head = size - size % align
         dfd = reopen_direct(fd) if self.direct_writes and size >= DIRECT_PUT_MIN else None
         if dfd is not None:
             try:
-                buf = self._direct_buffer(head)
-            except OSError:  # no memory for the aligned copy: through the cache
-                buf = None
-            try:
+                if self._direct_align is None:
+                    try:  # whole pages and file-system blocks only
+                        self._direct_align = write_alignment(os.statvfs(self.root).f_bsize)
+                    except OSError:
+                        self._direct_align = DIRECT_ALIGN
+                align = self._direct_align
+                head = size - size % align
+                try:
+                    buf = self._direct_buffer(head)
+                except OSError:  # no memory for the aligned copy: through the cache
+                    buf = None
                 if buf is not None:
                     buf[:head] = view[:head]
-                    mv = memoryview(buf)
-                    try:
-                        while off < head:
-                            n = os.pwrite(dfd, mv[off:head], off)
-                            off += n
-                            if n <= 0 or n % align:
-                                break  # a short or odd transfer: the rest through the cache
-                    except OSError as e:
-                        if e.errno not in REFUSED:
-                            raise
-                    finally:
-                        mv.release()
+                    with memoryview(buf) as mv:
+                        pwrite_direct(dfd, fd, mv[:head], 0, align)
+                    off = head
             finally:
                 os.close(dfd)
         while off < size:
